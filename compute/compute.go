@@ -84,8 +84,8 @@ type RopeShape struct {
 //
 // Noise is nil (every query sees every key) or an I32 [B*N] flag, 1 for
 // noised tokens and 0 for clean (prompt) tokens. Noisy queries see every key.
-// A clean query i sees key j when Noise[j] == 0 (block prompt attention), or,
-// with CausalPrompt, when j <= i.
+// A clean query i sees key j when Noise[j] == 0 (block prompt attention);
+// with CausalPrompt it sees instead the keys j <= i (whatever their flag).
 //
 // Saved is [AttnSavedLen(B,N,H)] scratch written by the forward pass and read
 // by the backward pass (probabilities and whatever else a backend keeps).
@@ -235,4 +235,11 @@ type Backend interface {
 	// Update applies one optimizer step to a parameter tensor p with gradient
 	// g and moments m, v (all the same length).
 	Update(p, g, m, v Buffer, h OptStep)
+}
+
+// Host is implemented by backends whose buffers live in host memory (the CPU
+// backend). Code that moves gradients to the network uses it to skip a copy;
+// everything else must go through Upload/Download.
+type Host interface {
+	F32(b Buffer) []float32
 }
