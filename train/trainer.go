@@ -16,11 +16,13 @@ import (
 // Start before the backward pass of its last micro-batch, Ready as backward
 // finishes each range [lo, hi) of grads (from the end of the buffer to the
 // start), and Wait before the optimizer; after Wait, grads holds the sum over
-// the ring. grads is host memory that stays valid until Wait returns.
+// the ring and Wait returns the ring's summed metrics. grads is host memory
+// that stays valid until Wait returns. An error from any call abandons the
+// step before the optimizer runs, so the replica is unchanged.
 type GradSync interface {
 	Start(ctx context.Context, step int64, grads []float32) error
 	Ready(lo, hi int)
-	Wait() error
+	Wait(local diffusion.Metrics) (diffusion.Metrics, error)
 }
 
 // Trainer holds a model, its optimizer state and the per-step buffers.
@@ -108,6 +110,7 @@ func (t *Trainer) Close() {
 type Result struct {
 	Lo, Hi  int64             // global sample positions this rank processed
 	Metrics diffusion.Metrics // sums over this rank's noised tokens
+	Global  diffusion.Metrics // sums over the whole ring (Metrics alone without a GradSync)
 	Opt     optim.Stats
 	LR      float64       // base LR × schedule at this update
 	Data    time.Duration // reading and noising samples
@@ -175,13 +178,17 @@ func (t *Trainer) Step(ctx context.Context, src dataset.Source, step int64, rank
 	}
 	if sync != nil {
 		t0 := time.Now()
-		if err := sync.Wait(); err != nil {
+		g, err := sync.Wait(r.Metrics)
+		if err != nil {
 			return r, fmt.Errorf("train step %d: gradient sync: %w", step, err)
 		}
+		r.Global = g
 		if t.gradHost != nil {
 			t.B.UploadF32(t.Model.Grads, t.gradHost)
 		}
 		r.Comm = time.Since(t0)
+	} else {
+		r.Global = r.Metrics
 	}
 	t0 := time.Now()
 	st, err := t.opt.Step(t.B, t.params, int(step))

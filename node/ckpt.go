@@ -1,0 +1,156 @@
+package node
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/difftrain/difftrain/checkpoint"
+	"github.com/difftrain/difftrain/train"
+)
+
+// datasetID identifies the data by its manifest's shard checksums.
+func (n *Node) datasetID() string {
+	h := sha256.New()
+	for _, s := range n.src.Manifest().Shards {
+		h.Write([]byte(s.Name + ":" + s.SHA256 + "\n"))
+	}
+	return hex.EncodeToString(h.Sum(nil))[:16]
+}
+
+func (n *Node) current() checkpoint.Current {
+	mc, _ := json.Marshal(n.cfg.Model)
+	return checkpoint.Current{
+		ModelConfig: mc, ModelHash: n.cfg.Model.Hash(), Config: n.configJSON(),
+		Tokenizer: n.src.Manifest().Tokenizer, DatasetID: n.datasetID(),
+	}
+}
+
+// adoptCheckpointConfig checks the stored architecture against the one asked
+// for and keeps the stored one; other settings (learning rate, steps) come
+// from this run and their changes are logged (after the data is open).
+func (n *Node) adoptCheckpointConfig(st *checkpoint.State) error {
+	var stored train.Config
+	if err := json.Unmarshal(st.Config, &stored); err != nil {
+		return fmt.Errorf("checkpoint %s: config: %w", st.Dir, err)
+	}
+	if n.cfg.Model.Vocab == 0 {
+		n.cfg.Model.Vocab = stored.Model.Vocab
+	}
+	if n.cfg.Model.SeqLen == 0 {
+		n.cfg.Model.SeqLen = stored.Model.SeqLen
+	}
+	if stored.Batch != n.cfg.Batch {
+		return fmt.Errorf("checkpoint %s was trained with a global batch of %d sequences, this run asks for %d; the data cursor is counted in batches, so resume with --batch %d", st.Dir, stored.Batch, n.cfg.Batch, stored.Batch)
+	}
+	if stored.Seed != n.cfg.Seed {
+		n.log.Warn("run seed differs from the checkpoint's; keeping the checkpoint's so data order and noise continue", "checkpoint", stored.Seed, "flag", n.cfg.Seed)
+		n.cfg.Seed = stored.Seed
+	}
+	return nil
+}
+
+// restoreCheckpoint loads weights, moments, residual and step into the
+// trainer built for n.cfg.
+func (n *Node) restoreCheckpoint(st *checkpoint.State) error {
+	if err := st.Compatible(n.current(), n.log); err != nil {
+		return err
+	}
+	np := n.tr.Model.Params.Len()
+	s := train.State{Params: make([]float32, np), M: make([]float32, np), V: make([]float32, np)}
+	for _, t := range n.tr.Model.Tensors {
+		for _, part := range []struct {
+			from []checkpoint.Tensor
+			name string
+			dst  []float32
+		}{{st.Model, t.Name, s.Params}, {st.Optim, t.Name + ".m", s.M}, {st.Optim, t.Name + ".v", s.V}} {
+			ct, ok := checkpoint.Find(part.from, part.name)
+			if !ok {
+				return fmt.Errorf("checkpoint %s: tensor %s missing", st.Dir, part.name)
+			}
+			if len(ct.Data) != t.Size {
+				return fmt.Errorf("checkpoint %s: tensor %s has %d values, the model %d", st.Dir, part.name, len(ct.Data), t.Size)
+			}
+			copy(part.dst[t.Offset:t.Offset+t.Size], ct.Data)
+		}
+	}
+	if err := n.tr.Restore(&s); err != nil {
+		return err
+	}
+	if len(st.Residuals) > 0 {
+		if err := n.grad.SetResidual(st.Residuals); err != nil {
+			n.log.Warn("checkpoint residual not restored (codec changed?)", "err", err)
+		}
+	}
+	if st.Cursor != st.Step*int64(n.cfg.Batch) {
+		return fmt.Errorf("checkpoint %s: cursor %d is not step %d × batch %d", st.Dir, st.Cursor, st.Step, n.cfg.Batch)
+	}
+	n.step = st.Step
+	n.log.Info("resumed", "checkpoint", st.Dir, "step", n.step)
+	return nil
+}
+
+// save writes a checkpoint if this node is the one that writes: the ring
+// coordinator, or every node with --checkpoint-local. The step loop pays for
+// a copy into the writer's snapshot buffers; the files are written in the
+// background. final waits for the write.
+func (n *Node) save(final bool) {
+	if n.ckpt == nil || !(n.opt.CheckpointLocal || n.cl.IsCoordinator()) {
+		return
+	}
+	t0 := time.Now()
+	st := &n.ckState
+	if err := n.fillState(st); err != nil {
+		n.log.Error("checkpoint snapshot", "step", n.step, "err", err)
+		return
+	}
+	if err := n.ckpt.Save(st); err != nil {
+		n.log.Error("checkpoint save", "step", n.step, "err", err)
+		return
+	}
+	stall := time.Since(t0)
+	n.obs.checkpoint(stall)
+	n.log.Info("checkpoint", "step", n.step, "stall_ms", stall.Milliseconds())
+	if final {
+		if err := n.ckpt.Wait(); err != nil {
+			n.log.Error("checkpoint write", "step", n.step, "err", err)
+		}
+	}
+}
+
+// fillState points st's tensors at host copies of the replica's state.
+func (n *Node) fillState(st *checkpoint.State) error {
+	if err := n.tr.Snapshot(&n.hostSt); err != nil {
+		return err
+	}
+	p, m, v := n.hostSt.Params, n.hostSt.M, n.hostSt.V
+	if st.Model == nil {
+		for _, t := range n.tr.Model.Tensors {
+			st.Model = append(st.Model, checkpoint.Tensor{Name: t.Name, Shape: t.Shape})
+			st.Optim = append(st.Optim, checkpoint.Tensor{Name: t.Name + ".m", Shape: t.Shape}, checkpoint.Tensor{Name: t.Name + ".v", Shape: t.Shape})
+		}
+	}
+	for i, t := range n.tr.Model.Tensors {
+		st.Model[i].Data = p[t.Offset : t.Offset+t.Size]
+		st.Optim[2*i].Data = m[t.Offset : t.Offset+t.Size]
+		st.Optim[2*i+1].Data = v[t.Offset : t.Offset+t.Size]
+	}
+	st.Residuals = n.grad.Residual()
+	cur := n.current()
+	st.Step, st.Seed, st.Cursor = n.step, n.cfg.Seed, n.step*int64(n.cfg.Batch)
+	st.Epoch = st.Cursor / max(1, n.src.Len())
+	st.Schedule = checkpoint.Schedule{Step: n.step, LR: n.cfg.LR * scheduleAt(n.cfg, n.step)}
+	st.ModelConfig, st.ModelHash, st.Config = cur.ModelConfig, cur.ModelHash, cur.Config
+	st.Tokenizer, st.DatasetID, st.Version = cur.Tokenizer, cur.DatasetID, Version
+	return nil
+}
+
+func scheduleAt(c train.Config, k int64) float64 {
+	oc, err := c.Optim()
+	if err != nil {
+		return 0
+	}
+	return oc.Schedule.At(int(k))
+}

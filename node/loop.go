@@ -1,0 +1,327 @@
+package node
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/difftrain/difftrain/allreduce"
+	"github.com/difftrain/difftrain/cluster"
+	"github.com/difftrain/difftrain/compute"
+	"github.com/difftrain/difftrain/dataset"
+	"github.com/difftrain/difftrain/diffusion"
+	"github.com/difftrain/difftrain/train"
+)
+
+// loop runs steps until the run is done or ctx ends. A step that fails on
+// any member is redone by the next generation's ring: same global step, the
+// global batch split over the survivors, so no sample is lost or doubled.
+func (n *Node) loop(ctx context.Context) error {
+	began := time.Now()
+	var cur cluster.Generation
+	var ag allreduce.Generation
+	retries := 0
+	var adopted uint64 // generation whose state this node already took
+	for n.tr == nil || n.step < int64(n.cfg.Steps) {
+		if ctx.Err() != nil || (n.opt.MaxDuration > 0 && time.Since(began) > n.opt.MaxDuration) {
+			n.log.Info("stopping", "step", n.step, "reason", stopReason(ctx))
+			break
+		}
+		gen, err := n.cl.AtStep(ctx, uint64(n.step))
+		if err != nil {
+			if ctx.Err() != nil {
+				continue
+			}
+			return err
+		}
+		if gen.ID != cur.ID {
+			me := gen.Ring[gen.Rank(n.cl.Name())]
+			if n.tr == nil || (me.Fresh && adopted != gen.ID) || int64(gen.Start) != n.step {
+				err := n.adopt(ctx, gen)
+				if err == nil {
+					adopted = gen.ID
+				} else {
+					n.log.Warn("taking state from the ring failed", "gen", gen.ID, "err", err)
+					time.Sleep(time.Second) // don't spin generations on a persistent failure
+					n.cl.ReportFailure(gen.ID, "", err)
+					if _, err := n.cl.WaitGeneration(ctx, gen.ID); err != nil && ctx.Err() == nil {
+						return err
+					}
+				}
+				continue
+			}
+			n.serveIfDonor(gen)
+			cur = gen
+			ag = allreduce.Generation{ID: gen.ID, Rank: gen.Rank(n.cl.Name())}
+			for _, m := range gen.Ring {
+				ag.Members = append(ag.Members, allreduce.Peer{Name: m.Name, Addr: m.Addr})
+			}
+			n.obs.generation(gen)
+			n.log.Info("training in a new ring", "gen", gen.ID, "start", gen.Start, "members", len(gen.Ring), "rank", ag.Rank, "coordinator", gen.Coordinator)
+		}
+		rec, err := n.runStep(ctx, ag)
+		if err != nil {
+			if ctx.Err() != nil {
+				continue
+			}
+			var ce *checksumError
+			if errors.As(err, &ce) {
+				return err
+			}
+			select {
+			case <-n.cl.Interrupt():
+				// A new generation was acknowledged mid-step: redo the step
+				// in it (AtStep returns it once committed).
+				n.log.Info("step interrupted by a new generation", "step", n.step)
+			default:
+				peer := blame(err)
+				n.cl.ReportFailure(cur.ID, peer, err)
+				if _, err := n.cl.WaitGeneration(ctx, cur.ID); err != nil && ctx.Err() == nil {
+					return err
+				}
+			}
+			retries++
+			continue
+		}
+		rec.Retries, retries = retries, 0
+		n.step++
+		rec.Step = n.step
+		n.obs.step(rec, n.cl)
+		if n.opt.OnStep != nil {
+			n.opt.OnStep(rec)
+		}
+		if n.opt.CheckpointEvery > 0 && n.step%int64(n.opt.CheckpointEvery) == 0 && n.step < int64(n.cfg.Steps) {
+			n.save(false)
+		}
+	}
+	if n.tr != nil {
+		n.save(true)
+	}
+	n.obs.done()
+	return nil
+}
+
+func stopReason(ctx context.Context) string {
+	if ctx.Err() != nil {
+		return "signal"
+	}
+	return "--max-duration reached"
+}
+
+// blame names the peer an allreduce error is attributed to.
+func blame(err error) string {
+	var pe *allreduce.PeerError
+	if errors.As(err, &pe) {
+		return pe.Peer.Name
+	}
+	return ""
+}
+
+// checksumError stops training: replicas have diverged.
+type checksumError struct {
+	step int64
+	mine uint64
+}
+
+func (e *checksumError) Error() string {
+	return fmt.Sprintf("weight checksums differ across the ring at step %d (this node: %016x): replicas have diverged; stopping rather than training them further. Resume all nodes from the last checkpoint", e.step, e.mine)
+}
+
+// runStep runs step n.step in ring ag, abandoning it when the cluster
+// interrupts.
+func (n *Node) runStep(ctx context.Context, ag allreduce.Generation) (Record, error) {
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	intr := n.cl.Interrupt()
+	go func() {
+		select {
+		case <-intr:
+			cancel()
+		case <-sctx.Done():
+		}
+	}()
+	world := len(ag.Members)
+	checksum := n.opt.ChecksumEvery > 0 && world > 1 && n.step%int64(n.opt.ChecksumEvery) == 0
+	sync := &ringSync{n: n, gen: ag, checksum: checksum}
+	n.src.Prefetch(n.nextRange(ag.Rank, world))
+	t0 := time.Now()
+	sent0 := n.grad.Stats().SentBytes
+	res, err := n.tr.Step(sctx, n.src, n.step, ag.Rank, world, sync)
+	if err != nil {
+		if sync.diverged != nil {
+			return Record{}, sync.diverged
+		}
+		return Record{}, err
+	}
+	if n.opt.OnSample != nil {
+		n.opt.OnSample(n.step, res.Lo, res.Hi)
+	}
+	sum := res.Global.Summary(n.tr.Divisor())
+	wall := time.Since(t0)
+	tokens := float64(n.cfg.Batch * n.cfg.Model.SeqLen)
+	return Record{
+		Time: time.Now(), Loss: sum.Loss, Elbo: sum.Elbo, KL: sum.KL, IS: sum.IS, PPL: sum.PPL, LR: res.LR,
+		Tokens: tokens, TokensPerS: tokens / wall.Seconds(), StepS: wall.Seconds(),
+		DataS: res.Data.Seconds(), ComputeS: res.Compute.Seconds(), CommS: res.Comm.Seconds(),
+		Members: world, Generation: ag.ID, WireBytes: int64(n.grad.Stats().SentBytes - sent0),
+	}, nil
+}
+
+// nextRange is the part of the next step this node will read, for prefetch.
+func (n *Node) nextRange(rank, world int) (int64, int64) {
+	lo, hi, err := dataset.Split(n.step+1, n.cfg.Batch, rank, world)
+	if err != nil {
+		return 0, 0
+	}
+	return lo, hi
+}
+
+// ringSync is the train.GradSync of one step: the gradient Reducer, then the
+// statistics (metrics and, every K steps, the weight checksum) over the same
+// ring.
+type ringSync struct {
+	n        *Node
+	gen      allreduce.Generation
+	checksum bool
+	ctx      context.Context
+	step     int64
+	diverged *checksumError
+	vec      [statsLen]float32
+}
+
+func (s *ringSync) Start(ctx context.Context, step int64, grads []float32) error {
+	s.ctx, s.step = ctx, step
+	return s.n.grad.Begin(ctx, s.gen, uint64(step), grads)
+}
+
+func (s *ringSync) Ready(lo, hi int) { s.n.grad.Ready(lo, hi) }
+
+func (s *ringSync) Wait(local diffusion.Metrics) (diffusion.Metrics, error) {
+	if err := s.n.grad.Wait(); err != nil {
+		return diffusion.Metrics{}, err
+	}
+	v := s.vec[:]
+	for i, x := range local.Vector() {
+		v[i] = float32(x)
+	}
+	for i := nMetrics; i < statsLen; i++ {
+		v[i] = 0
+	}
+	var mine uint64
+	if s.checksum {
+		mine = checksumStats(s.n.hostParams(), v[nMetrics:])
+	}
+	if err := s.n.stats.Allreduce(s.ctx, s.gen, uint64(s.step), v); err != nil {
+		return diffusion.Metrics{}, err
+	}
+	if s.checksum {
+		if !checksumsAgree(v[nMetrics:], len(s.gen.Members)) {
+			s.diverged = &checksumError{step: s.step, mine: mine}
+			return diffusion.Metrics{}, s.diverged
+		}
+		s.n.log.Debug("weight checksums agree", "step", s.step, "checksum", fmt.Sprintf("%016x", mine))
+	}
+	return metricsOf(v), nil
+}
+
+// hostParams returns the parameters in host memory (a download for
+// non-host backends).
+func (n *Node) hostParams() []float32 {
+	if h, ok := n.opt.Backend.(compute.Host); ok {
+		return h.F32(n.tr.Model.Params)
+	}
+	if err := n.tr.Snapshot(&n.hostSt); err != nil {
+		n.log.Error("downloading parameters", "err", err)
+	}
+	return n.hostSt.Params
+}
+
+// serveIfDonor snapshots this member's state when gen has members that need
+// it (joiners, or members behind gen.Start) and this member is the donor:
+// the first member of the ring that was in the previous ring at gen.Start.
+func (n *Node) serveIfDonor(gen cluster.Generation) {
+	if donor(gen) != n.cl.Name() {
+		return
+	}
+	needed := false
+	for _, m := range gen.Ring {
+		if m.Fresh || m.Step != gen.Start {
+			needed = true
+		}
+	}
+	if !needed {
+		return
+	}
+	sn := &snapshot{hdr: stateHeader{Step: n.step, Config: n.configJSON()}}
+	if err := n.tr.Snapshot(&sn.state); err != nil {
+		n.log.Error("state snapshot for joiners", "err", err)
+		return
+	}
+	// Error-feedback residuals are each member's own; a joiner starts
+	// with none rather than a copy of the donor's.
+	sn.seal()
+	n.states.set(sn)
+	n.log.Info("serving state to joiners", "step", n.step, "sha256", sn.hdr.SHA256[:16])
+}
+
+// donor is the member joiners take state from.
+func donor(gen cluster.Generation) string {
+	for _, m := range gen.Ring {
+		if !m.Fresh && m.Step == gen.Start {
+			return m.Name
+		}
+	}
+	return ""
+}
+
+// adopt takes the state of step gen.Start from the ring's donor: the
+// configuration (and trainer) too when this node has none yet.
+func (n *Node) adopt(ctx context.Context, gen cluster.Generation) error {
+	name := donor(gen)
+	if name == "" {
+		return fmt.Errorf("generation %d has no member with the state of step %d", gen.ID, gen.Start)
+	}
+	addr := gen.Ring[gen.Rank(name)].Addr
+	var sn *snapshot
+	var err error
+	t0 := time.Now()
+	for try := 0; try < 20; try++ {
+		sctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+		sn, err = fetchState(sctx, addr, int64(gen.Start), n.dial)
+		cancel()
+		if err == nil || ctx.Err() != nil {
+			break
+		}
+		// The donor takes its snapshot when it sees the generation; wait
+		// for it briefly.
+		time.Sleep(100 * time.Millisecond)
+	}
+	if err != nil {
+		return err
+	}
+	if n.tr == nil {
+		var cfg train.Config
+		if err := json.Unmarshal(sn.hdr.Config, &cfg); err != nil {
+			return fmt.Errorf("state from %s: config: %w", name, err)
+		}
+		n.cfg = cfg
+		if err := n.build(); err != nil {
+			return err
+		}
+	} else if string(sn.hdr.Config) != string(n.configJSON()) {
+		return fmt.Errorf("state from %s has configuration %s, this node runs %s", name, sn.hdr.Config, n.configJSON())
+	}
+	if err := n.tr.Restore(&sn.state); err != nil {
+		return err
+	}
+	if err := n.grad.SetResidual(make([]float32, len(n.grad.Residual()))); err != nil {
+		return err
+	}
+	n.step = int64(gen.Start)
+	n.log.Info("took state from the ring", "from", name, "step", n.step, "floats", 3*sn.hdr.Params+sn.hdr.Residual,
+		"sha256", sn.hdr.SHA256[:16], "seconds", time.Since(t0).Seconds())
+	n.obs.stateTransfer(time.Since(t0))
+	return nil
+}

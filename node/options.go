@@ -1,0 +1,56 @@
+package node
+
+import (
+	"time"
+
+	"github.com/difftrain/difftrain/cluster"
+	"github.com/difftrain/difftrain/compute"
+	"github.com/difftrain/difftrain/dataset"
+	"github.com/difftrain/difftrain/train"
+)
+
+// Options configure a node. A seed node (Join false) brings the run's
+// configuration; a joiner takes configuration, weights, optimizer state and
+// data cursor from a member of the ring.
+type Options struct {
+	Join  bool
+	Train train.Config // the seed's configuration; ignored when joining
+
+	Backend compute.Backend // opened by the caller; the node closes nothing of it
+
+	// Data: where this node reads shards. A joiner with no Dir and no URL
+	// streams shards from a ring member's Flight service into its cache.
+	Data dataset.Options
+
+	// Checkpoints.
+	CheckpointDir   string
+	CheckpointEvery int    // steps between saves (0: only at the end)
+	Keep            int    // newest checkpoints kept (>= 2)
+	KeepEvery       int64  // also keep every M-th step (0: off)
+	Resume          string // auto, never or a checkpoint path (seed only)
+	Force           bool   // with Resume never: start over in a non-empty directory
+	CheckpointLocal bool   // every node writes its own checkpoints
+
+	RunDir      string        // metrics.jsonl
+	MaxDuration time.Duration // stop cleanly after this long (0: no limit)
+
+	// Cluster membership; GRPCAddr in it is what peers dial, GRPCListen is
+	// what this node binds.
+	Cluster    cluster.Config
+	GRPCListen string
+
+	// Allreduce.
+	Codec            string
+	BucketBytes      int
+	AllreduceTimeout time.Duration
+
+	// Observability.
+	MetricsAddr   string // /metrics, /healthz, /readyz; empty: off
+	ChecksumEvery int    // compare weight checksums every K steps (0: off)
+	Progress      string // auto, bar, log or none
+	LogEvery      int
+
+	// Hooks for tests and the CLI.
+	OnStep   func(Record)                   // after every completed step
+	OnSample func(step int64, lo, hi int64) // the global positions this node trained on in a step
+}

@@ -1,0 +1,92 @@
+package node
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"time"
+)
+
+// Record is one line of a run's metrics file (RUN_DIR/metrics.jsonl),
+// written by the node after every step. `trainer plot` reads it back.
+type Record struct {
+	Time       time.Time `json:"time"`
+	Step       int64     `json:"step"` // updates completed
+	Loss       float64   `json:"loss"` // the objective (spec §2.5)
+	Elbo       float64   `json:"elbo"` // nats/token, noised tokens
+	KL         float64   `json:"kl_loss"`
+	IS         float64   `json:"is_loss"`
+	PPL        float64   `json:"ppl"`
+	LR         float64   `json:"lr"`
+	Tokens     float64   `json:"tokens"`       // tokens processed in the step, whole ring
+	TokensPerS float64   `json:"tokens_per_s"` // whole ring
+	StepS      float64   `json:"step_s"`       // wall time of the step on this node
+	DataS      float64   `json:"data_s"`       // reading and noising samples
+	ComputeS   float64   `json:"compute_s"`    // forward, loss, backward, optimizer
+	CommS      float64   `json:"comm_s"`       // waiting for the gradient allreduce after backward
+	Members    int       `json:"members"`
+	Generation uint64    `json:"generation"`
+	WireBytes  int64     `json:"wire_bytes"` // allreduce bytes this node sent in the step
+	Retries    int       `json:"retries"`    // attempts of this step that a failure aborted
+}
+
+// ReadRecords parses a metrics.jsonl stream, naming the line of any error.
+func ReadRecords(r io.Reader) ([]Record, error) {
+	var out []Record
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for line := 1; sc.Scan(); line++ {
+		if len(sc.Bytes()) == 0 {
+			continue
+		}
+		var rec Record
+		if err := json.Unmarshal(sc.Bytes(), &rec); err != nil {
+			return out, fmt.Errorf("metrics line %d: %w", line, err)
+		}
+		out = append(out, rec)
+	}
+	if err := sc.Err(); err != nil {
+		return out, fmt.Errorf("metrics: %w", err)
+	}
+	return out, nil
+}
+
+// ReadRecordsFile reads RUN_DIR/metrics.jsonl or the given file.
+func ReadRecordsFile(path string) ([]Record, error) {
+	if st, err := os.Stat(path); err == nil && st.IsDir() {
+		path = path + "/metrics.jsonl"
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	recs, err := ReadRecords(f)
+	if err != nil {
+		return recs, fmt.Errorf("%s: %w", path, err)
+	}
+	return recs, nil
+}
+
+// RecordWriter appends records to a metrics file, one JSON object a line.
+type RecordWriter struct {
+	f   *os.File
+	enc *json.Encoder
+}
+
+// CreateRecords opens (appending) path for records.
+func CreateRecords(path string) (*RecordWriter, error) {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("metrics file: %w", err)
+	}
+	return &RecordWriter{f: f, enc: json.NewEncoder(f)}, nil
+}
+
+// Write appends one record.
+func (w *RecordWriter) Write(r Record) error { return w.enc.Encode(r) }
+
+// Close closes the file.
+func (w *RecordWriter) Close() error { return w.f.Close() }
