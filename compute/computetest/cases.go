@@ -50,6 +50,11 @@ var gemmSpecs = []gemmSpec{
 	{name: "TN-batch-broadcastB", ta: true, m: 3, n: 6, k: 4, batch: 4, bcastB: true, alpha: 1, beta: 1},
 	{name: "K0", m: 3, n: 4, k: 0, alpha: 1, beta: 0.5},
 	{name: "large", m: 67, n: 45, k: 129, alpha: 1, beta: 0},
+	// Over a million multiply-adds: big enough for a backend to split them
+	// over threads (by rows, by columns, by batch entry).
+	{name: "big-TA-ld", ta: true, m: 161, n: 97, k: 81, pad: 3, alpha: 1, beta: 0.5},
+	{name: "big-wide-TB-ld", tb: true, m: 47, n: 301, k: 83, pad: 1, alpha: 1, beta: 1},
+	{name: "big-batch-TT", ta: true, tb: true, m: 65, n: 63, k: 101, pad: 2, batch: 3, alpha: -0.5},
 }
 
 func (s gemmSpec) run(e *env) []check {

@@ -76,15 +76,16 @@ func (b *Backend) attnArgs(op string, a compute.Attn, back bool) (x attnArgs, ok
 }
 
 // serialBLAS makes BLAS single-threaded while Go workers each run their own
-// GEMMs; restoreBLAS undoes it.
+// GEMMs; restoreBLAS undoes it. Only OpenBLAS in self-threaded mode (a
+// benchmark setting) has anything to undo.
 func (b *Backend) serialBLAS() {
-	if b.threads > 1 {
+	if !b.goGemm && b.threads > 1 {
 		b.blas.setThreads(1)
 	}
 }
 
 func (b *Backend) restoreBLAS() {
-	if b.threads > 1 {
+	if !b.goGemm && b.threads > 1 {
 		b.blas.setThreads(b.threads)
 	}
 }
@@ -116,14 +117,22 @@ func (j *attnJob) head(bh int) {
 	if x.sk != nil {
 		sk, sv = x.sk[h*Dh:(h+1)*Dh], x.sv[h*Dh:(h+1)*Dh]
 	}
-	for i := range N {
-		pr, dr := p[i*row:(i+1)*row], d[i*row:(i+1)*row]
-		qi := x.q[base+i*ld : base+i*ld+Dh]
-		if sk != nil {
-			pr[0] = dot32(qi, sk) * x.scale
+	if sk != nil {
+		for i := range N {
+			p[i*row] = dot32(x.q[base+i*ld:base+i*ld+Dh], sk) * x.scale
 		}
-		softmaxRow(pr, dr, x, bi, i, sk != nil)
 	}
+	if a.SoftCap > 0 {
+		capRows(p, d, a.SoftCap)
+	} else {
+		for c := range d {
+			d[c] = 1
+		}
+	}
+	for i := range N {
+		maskRow(p[i*row:(i+1)*row], d[i*row:(i+1)*row], x, bi, i, sk != nil)
+	}
+	softmaxRows(p, N, row)
 	out := x.out[base:]
 	j.blas.sgemm(false, false, N, Dh, N, 1, p[1:], row, x.v[base:], ld, 0, out, ld)
 	if sv != nil {
@@ -137,48 +146,27 @@ func (j *attnJob) head(bh int) {
 	}
 }
 
-// softmaxRow turns the raw scores of query i into probabilities in place,
-// applying the soft-cap (its derivative goes to dr) and the prompt mask.
-func softmaxRow(pr, dr []float32, x *attnArgs, bi, i int, sink bool) {
-	a := x.a
-	N := a.N
-	noisyQ := x.noise == nil || x.noise[bi*N+i] != 0
+// maskRow sets the scores of the keys query i may not see to −Inf and their
+// derivatives to 0, so that the softmax gives them probability 0.
+func maskRow(pr, dr []float32, x *attnArgs, bi, i int, sink bool) {
+	N := x.a.N
 	negInf := float32(math.Inf(-1))
-	mx := negInf
-	for c := range pr {
-		vis := sink
-		if c > 0 {
-			k := c - 1
-			vis = noisyQ || (!a.CausalPrompt && x.noise[bi*N+k] == 0) || (a.CausalPrompt && k <= i)
-		}
-		if !vis {
-			pr[c], dr[c] = negInf, 0
-			continue
-		}
-		s := pr[c]
-		if a.SoftCap > 0 {
-			t := tanh32(s / a.SoftCap)
-			s = a.SoftCap * t
-			dr[c] = 1 - t*t
-		} else {
-			dr[c] = 1
-		}
-		pr[c] = s
-		mx = max(mx, s)
+	if !sink {
+		pr[0], dr[0] = negInf, 0
 	}
-	if mx == negInf {
-		clear(pr)
+	if x.noise == nil || x.noise[bi*N+i] != 0 { // a noisy query sees every key
 		return
 	}
-	var sum float32
-	for c, s := range pr {
-		e := exp32(s - mx)
-		pr[c] = e
-		sum += e
+	if x.a.CausalPrompt {
+		for c := i + 2; c <= N; c++ { // keys c−1 > i
+			pr[c], dr[c] = negInf, 0
+		}
+		return
 	}
-	inv := 1 / sum
-	for c := range pr {
-		pr[c] *= inv
+	for k, f := range x.noise[bi*N : (bi+1)*N] {
+		if f != 0 {
+			pr[k+1], dr[k+1] = negInf, 0
+		}
 	}
 }
 

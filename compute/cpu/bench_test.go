@@ -120,3 +120,35 @@ func BenchmarkUpdate(b *testing.B) {
 func BenchmarkStep(b *testing.B) {
 	benchKernel(b, func(fx *fixture) { fx.step() })
 }
+
+// BenchmarkGemmThreading compares the two ways to run a GEMM on 2 threads:
+// Go workers splitting it over single-threaded OpenBLAS ("go-split", the
+// default) and OpenBLAS's own threads ("openblas-threads"), interleaved.
+func BenchmarkGemmThreading(b *testing.B) {
+	be := benchBackend(b, "openblas", 2)
+	for _, s := range []struct {
+		name    string
+		ta, tb  bool
+		m, n, k int
+	}{{"up_1024x2048x512", false, false, 1024, 2048, 512}, {"dW_TN_512x2048x1024", true, false, 512, 2048, 1024},
+		{"qkv_1024x512x512", false, false, 1024, 512, 512}} {
+		g := compute.Gemm{TransA: s.ta, TransB: s.tb, M: s.m, N: s.n, K: s.k, Alpha: 1,
+			A: be.Alloc(compute.F32, s.m*s.k), B: be.Alloc(compute.F32, s.k*s.n), C: be.Alloc(compute.F32, s.m*s.n)}
+		for _, self := range []bool{false, true, false, true} {
+			name := "go-split"
+			if self {
+				name = "openblas-threads"
+			}
+			b.Run(s.name+"/"+name, func(b *testing.B) {
+				be.blasThreading(self)
+				defer be.blasThreading(false)
+				be.Gemm(g)
+				b.ResetTimer()
+				for range b.N {
+					be.Gemm(g)
+				}
+				b.ReportMetric(2*float64(s.m*s.n*s.k)*float64(b.N)/b.Elapsed().Seconds()/1e9, "GFLOP/s")
+			})
+		}
+	}
+}

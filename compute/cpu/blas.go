@@ -50,9 +50,11 @@ func pickBLAS(choice string, threads int, load func() (*openblas, error)) (blasI
 			})
 			return gonumBLAS{}, nil
 		}
-		ob.setThreads(threads)
+		// OpenBLAS runs single-threaded; the Go workers split each GEMM
+		// (see gemm.go), so BLAS threads never spin while Go kernels run.
+		ob.setThreads(1)
 		infoOnce.Do(func() {
-			slog.Info("BLAS", "lib", "openblas", "core", ob.core, "config", ob.config, "threads", ob.getThreads())
+			slog.Info("BLAS", "lib", "openblas", "core", ob.core, "config", ob.config, "threads", threads)
 			if ct, ok := os.LookupEnv("OPENBLAS_CORETYPE"); ok {
 				coreWarnOne.Do(func() {
 					slog.Warn("OPENBLAS_CORETYPE is set and overrides OpenBLAS's CPU detection; it may halve GEMM speed. Unset it unless you know the kernel is right",

@@ -28,18 +28,23 @@ type Options struct {
 type Backend struct {
 	threads int
 	blas    blasImpl
-	pool    *pool
-	err     error
-	closed  bool
-	allocs  map[*buf]struct{}
+	// goGemm: the Go workers split each GEMM and the BLAS runs one thread
+	// (OpenBLAS); otherwise the BLAS threads itself (gonum, or OpenBLAS
+	// with blasThreads > 1 in benchmarks).
+	goGemm bool
+	pool   *pool
+	err    error
+	closed bool
+	allocs map[*buf]struct{}
 
 	// Scratch reused across calls; it grows, never shrinks.
-	partial     []float64 // per-worker partial sums
-	wpart       []float32 // per-worker partial vectors (norm, bias grads)
-	ropeTab     ropeTable
-	lossScratch []float64
-	attn        attnScratch
-	jobs        jobs
+	partial []float64 // per-worker partial sums
+	wpart   []float32 // per-worker partial vectors (norm, bias grads)
+	ropeTab ropeTable
+	lossG   []float64 // GIDDLoss per-worker scratch
+	lossEx  []float32
+	attn    attnScratch
+	jobs    jobs
 }
 
 // New returns a CPU backend.
@@ -56,6 +61,7 @@ func New(opts Options) (*Backend, error) {
 		return nil, fmt.Errorf("cpu backend: %w", err)
 	}
 	b := &Backend{threads: n, blas: bl, pool: newPool(n), allocs: map[*buf]struct{}{}}
+	b.goGemm = bl.kind() == "openblas"
 	b.partial = make([]float64, n)
 	return b, nil
 }
@@ -63,6 +69,19 @@ func New(opts Options) (*Backend, error) {
 // Name says which BLAS and how many threads, e.g. "cpu (OpenBLAS 0.3.21, Zen, 2 threads)".
 func (b *Backend) Name() string {
 	return fmt.Sprintf("cpu (%s, %d threads)", b.blas.describe(), b.threads)
+}
+
+// blasThreading switches GEMM parallelism between the Go workers splitting
+// each product over a single-threaded OpenBLAS (self false, the default) and
+// OpenBLAS threading itself with Threads threads (for benchmarks). OpenBLAS's
+// thread count is process-wide.
+func (b *Backend) blasThreading(self bool) {
+	b.goGemm = !self && b.blas.kind() == "openblas"
+	if self {
+		b.blas.setThreads(b.threads)
+	} else {
+		b.blas.setThreads(1)
+	}
 }
 
 // Threads is the number of threads the backend uses.

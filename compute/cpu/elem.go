@@ -10,6 +10,7 @@ const (
 
 // jobs holds one preallocated job per kernel, so dispatch allocates nothing.
 type jobs struct {
+	gemm    gemmJob
 	scale   scaleJob
 	axpy    axpyJob
 	sumsq   sumsqJob

@@ -34,15 +34,85 @@ func (b *Backend) Gemm(g compute.Gemm) {
 	if g.M == 0 || g.N == 0 {
 		return
 	}
-	for i := range batch {
-		ci := c[i*g.StrideC:]
-		if g.K == 0 {
-			scaleRows(ci, g.M, g.N, ldc, g.Beta)
-			continue
+	if g.K == 0 {
+		for i := range batch {
+			scaleRows(c[i*g.StrideC:], g.M, g.N, ldc, g.Beta)
 		}
-		b.blas.sgemm(g.TransA, g.TransB, g.M, g.N, g.K, g.Alpha, a[i*g.StrideA:], lda,
-			bb[i*g.StrideB:], ldb, g.Beta, ci, ldc)
+		return
 	}
+	j := &b.jobs.gemm
+	*j = gemmJob{blas: b.blas, g: g, a: a, b: bb, c: c, lda: lda, ldb: ldb, ldc: ldc}
+	work := g.M * g.N * g.K
+	switch {
+	case !b.goGemm || b.threads == 1 || batch*work < gemmSplitMin:
+		for i := range batch {
+			j.one(i, 0, g.M, 0, g.N)
+		}
+	case batch >= b.threads:
+		j.mode = splitBatch
+		b.pool.run(j, batch, 1)
+	default:
+		j.mode = splitRows
+		units := (g.M + gemmUnit - 1) / gemmUnit
+		if g.N > g.M {
+			j.mode = splitCols
+			units = (g.N + gemmUnit - 1) / gemmUnit
+		}
+		for i := range batch {
+			j.batch = i
+			b.pool.run(j, units, 1)
+		}
+	}
+	*j = gemmJob{}
+}
+
+// Parallel GEMM: the Go workers split the product, each calling the
+// single-threaded BLAS on its own block of C.
+const (
+	gemmSplitMin = 1 << 20 // multiply-adds below which one thread does it all
+	gemmUnit     = 16      // rows or columns per unit of work
+)
+
+const (
+	splitBatch = iota
+	splitRows
+	splitCols
+)
+
+type gemmJob struct {
+	blas          blasImpl
+	g             compute.Gemm
+	a, b, c       []float32
+	lda, ldb, ldc int
+	mode, batch   int
+}
+
+func (j *gemmJob) run(_, lo, hi int) {
+	g := j.g
+	switch j.mode {
+	case splitBatch:
+		for i := lo; i < hi; i++ {
+			j.one(i, 0, g.M, 0, g.N)
+		}
+	case splitRows:
+		j.one(j.batch, lo*gemmUnit, min(hi*gemmUnit, g.M), 0, g.N)
+	case splitCols:
+		j.one(j.batch, 0, g.M, lo*gemmUnit, min(hi*gemmUnit, g.N))
+	}
+}
+
+// one computes rows [m0, m1) and columns [n0, n1) of C for batch entry i.
+func (j *gemmJob) one(i, m0, m1, n0, n1 int) {
+	g := j.g
+	ao, bo := m0*j.lda, n0
+	if g.TransA {
+		ao = m0
+	}
+	if g.TransB {
+		bo = n0 * j.ldb
+	}
+	j.blas.sgemm(g.TransA, g.TransB, m1-m0, n1-n0, g.K, g.Alpha, j.a[i*g.StrideA+ao:], j.lda,
+		j.b[i*g.StrideB+bo:], j.ldb, g.Beta, j.c[i*g.StrideC+m0*j.ldc+n0:], j.ldc)
 }
 
 func ld(v, cols int) int {

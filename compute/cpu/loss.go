@@ -15,25 +15,26 @@ type lossJob struct {
 	l                   compute.Loss
 	logits, params, out []float32
 	labels, noisy       []int32
-	scratch             []float64 // per worker: x̂ and g, 2V each
+	ex                  []float32 // per worker: e^(ℓ−max), V each
+	g                   []float64 // per worker: d loss/d x̂, V each
 }
 
 func (j *lossJob) run(w, lo, hi int) {
 	V := j.l.V
-	s := j.scratch[w*2*V : (w+1)*2*V]
+	ex, g := j.ex[w*V:(w+1)*V], j.g[w*V:(w+1)*V]
 	for t := lo; t < hi; t++ {
-		j.token(t, s[:V], s[V:])
+		j.token(t, ex, g)
 	}
 }
 
 // token computes the loss of token t and, with Grad, overwrites its logits
-// row with GradScale·d loss/d logits. xh and g are scratch rows. Exponentials
+// row with GradScale·d loss/d logits. ex and g are scratch rows. Exponentials
 // are float32 (exp32); everything else is float64.
 //
 // Every v outside S = {x, m} has the same q(v) = c = (1−α)·a/(V−1), so
 // Σ_{v∉S} q log q is one term, and Σ_{v∉S} c·log p(v) needs one log per
 // token (logAcc). The few entries of S (and z) are handled one by one.
-func (j *lossJob) token(t int, xh, g []float64) {
+func (j *lossJob) token(t int, ex []float32, g []float64) {
 	l := j.l
 	V, m := l.V, l.MaskID
 	lg := j.logits[t*V : (t+1)*V]
@@ -43,22 +44,17 @@ func (j *lossJob) token(t int, xh, g []float64) {
 	x, z := int(j.labels[t]), int(j.noisy[t])
 	beta := float64(l.BetaIS)
 
-	// x̂ = softmax(ℓ) with ℓ_m = −1e6.
+	// x̂ = softmax(ℓ) with ℓ_m = −1e6: ex holds e^(ℓ−max), x̂ = ex·inv.
 	mx := float32(-1e6)
 	for v, s := range lg {
 		if v != m && (s > mx || s != s) {
 			mx = s
 		}
 	}
-	var sum float64
-	for v, s := range lg {
-		if v == m {
-			s = -1e6
-		}
-		e := float64(exp32(s - mx))
-		xh[v] = e
-		sum += e
-	}
+	sum := expShiftTo(lg, ex, mx)
+	sum -= float64(ex[m])
+	ex[m] = exp32(-1e6 - mx)
+	sum += float64(ex[m])
 	inv := 1 / sum
 	piU := a / float64(V-1)
 	c := (1 - alpha) * piU // q(v) for v ∉ S
@@ -69,8 +65,7 @@ func (j *lossJob) token(t int, xh, g []float64) {
 	acc.reset()
 	var gdot float64 // Σ x̂ g
 	for v := range V {
-		xv := xh[v] * inv
-		xh[v] = xv
+		xv := float64(ex[v]) * inv
 		g[v] = 0
 		if c == 0 || v == x || v == m {
 			continue
@@ -92,11 +87,12 @@ func (j *lossJob) token(t int, xh, g []float64) {
 		}
 		kl = float64(out)*c*safeLog(c) - c*acc.sum()
 	}
+	xhat := func(v int) float64 { return float64(ex[v]) * inv }
 	p := func(v int) float64 {
 		if v == m {
-			return alpha*xh[v] + (1-alpha)*(1-a)
+			return alpha*xhat(v) + (1-alpha)*(1-a)
 		}
-		return alpha*xh[v] + (1-alpha)*piU
+		return alpha*xhat(v) + (1-alpha)*piU
 	}
 	q := func(v int) float64 {
 		r := c
@@ -118,7 +114,7 @@ func (j *lossJob) token(t int, xh, g []float64) {
 			kl += qv * (safeLog(qv) - safeLog(pv))
 			if pv > floor {
 				g[v] = -ga * qv / pv
-				gdot += xh[v] * g[v]
+				gdot += xhat(v) * g[v]
 			}
 		}
 	}
@@ -126,7 +122,7 @@ func (j *lossJob) token(t int, xh, g []float64) {
 	is := qz/(pz+1e-12) - (safeLog(qz) - safeLog(pz)) - 1
 	gz := ga * beta * isGrad(qz, pz)
 	g[z] += gz
-	gdot += xh[z] * gz
+	gdot += xhat(z) * gz
 
 	o := j.out[t*compute.LossOutStride : (t+1)*compute.LossOutStride]
 	o[compute.LOLoss] = float32(wtr*kl + beta*wtr*is)
@@ -138,7 +134,7 @@ func (j *lossJob) token(t int, xh, g []float64) {
 	}
 	gs := float64(pr[compute.LPGradScale])
 	for v := range V {
-		lg[v] = float32(gs * xh[v] * (g[v] - gdot))
+		lg[v] = float32(gs * float64(ex[v]) * inv * (g[v] - gdot))
 	}
 	lg[m] = 0
 }
@@ -180,10 +176,11 @@ func (b *Backend) GIDDLoss(l compute.Loss) {
 			return
 		}
 	}
-	if n := b.threads * 2 * l.V; cap(b.lossScratch) < n {
-		b.lossScratch = make([]float64, n)
+	n := b.threads * l.V
+	if cap(b.lossG) < n {
+		b.lossG, b.lossEx = make([]float64, n), make([]float32, n)
 	}
-	j.scratch = b.lossScratch[:b.threads*2*l.V]
+	j.g, j.ex = b.lossG[:n], b.lossEx[:n]
 	b.pool.run(j, l.T, 4)
 	*j = lossJob{}
 }

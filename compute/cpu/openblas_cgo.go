@@ -54,6 +54,8 @@ import "C"
 
 import (
 	"fmt"
+	"log/slog"
+	"os"
 	"strings"
 	"sync"
 	"unsafe"
@@ -67,8 +69,19 @@ var (
 
 // loadOpenBLAS dlopens libopenblas once per process; it is never unloaded
 // (its threads outlive any one Backend).
+//
+// OpenBLAS starts its thread pool when loaded and its idle threads spin in
+// sched_yield between calls. The Go workers split GEMMs themselves (gemm.go),
+// so unless OPENBLAS_NUM_THREADS is set the pool is sized to 1: no helper
+// threads at all.
 func loadOpenBLAS() (*openblas, error) {
 	obOnce.Do(func() {
+		if v, ok := os.LookupEnv("OPENBLAS_NUM_THREADS"); !ok {
+			os.Setenv("OPENBLAS_NUM_THREADS", "1") // read by OpenBLAS's constructor at dlopen
+		} else if v != "1" {
+			slog.Warn("OPENBLAS_NUM_THREADS is set; its idle OpenBLAS threads spin while the Go workers run. Unset it: the CPU backend splits GEMMs over its own threads",
+				"OPENBLAS_NUM_THREADS", v)
+		}
 		var msgs []string
 		for _, name := range []string{"libopenblas.so.0", "libopenblas.so"} {
 			cs := C.CString(name)

@@ -13,6 +13,13 @@ type optJob struct {
 }
 
 func (j *optJob) run(_, lo, hi int) {
+	if j.simd(lo, hi) {
+		return
+	}
+	j.runGo(lo, hi)
+}
+
+func (j *optJob) runGo(lo, hi int) {
 	p, g, m, v := j.p[lo:hi], j.g[lo:hi], j.m[lo:hi], j.v[lo:hi]
 	h := j.h
 	switch h.Kind {

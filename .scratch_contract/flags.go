@@ -1,0 +1,201 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+	"sigs.k8s.io/yaml"
+
+	"github.com/difftrain/difftrain/cluster"
+	"github.com/difftrain/difftrain/model"
+	"github.com/difftrain/difftrain/train"
+)
+
+// runFlags are the flags of `trainer train` and `trainer join`.
+type runFlags struct {
+	config string // YAML or JSON file with a train.Config; flags override it
+
+	// model and training (train.Config)
+	vocab, layers, dim, heads, seqLen int
+	noise                             string
+	optimizer                         string
+	lr, cooldown                      float64
+	warmup, steps                     int
+	batch, micro                      int
+	seed                              uint64
+	promptP                           float64
+
+	// data
+	data, dataURL, dataPeer, cacheDir string
+
+	// checkpoints
+	ckptDir     string
+	ckptEvery   int
+	keep        int
+	keepEvery   int
+	resume      string
+	force       bool
+	ckptLocal   bool
+	runDir      string
+	maxDuration time.Duration
+
+	// compute
+	device, precision string
+	threads           int
+
+	// cluster
+	name, bind, advertise, grpcAddr, grpcAdvertise string
+	seeds                                          []string
+	minNodes, maxNodes                             int
+	security                                       cluster.SecurityFlags
+	joinTimeout                                    time.Duration
+
+	// allreduce
+	codec            string
+	bucketMB         float64
+	allreduceTimeout time.Duration
+
+	// observability
+	metricsAddr   string
+	checksumEvery int
+	progress      string
+	logEvery      int
+}
+
+func (f *runFlags) register(fs *pflag.FlagSet, join bool) {
+	if join {
+		// A joiner takes the run's configuration, weights and data cursor
+		// from the cluster; it needs only where the cluster is.
+		fs.StringSliceVar(&f.seeds, "seed", nil, "gossip address host:port of a member to join (repeatable)")
+	} else {
+		fs.StringVar(&f.config, "config", "", "training config file (YAML or JSON, the JSON names of train.Config); flags given explicitly override it")
+		fs.IntVar(&f.vocab, "vocab", 0, "vocabulary size (0: the dataset's)")
+		fs.IntVar(&f.layers, "layers", 4, "transformer blocks L")
+		fs.IntVar(&f.dim, "dim", 128, "hidden size d")
+		fs.IntVar(&f.heads, "heads", 4, "attention heads H")
+		fs.IntVar(&f.seqLen, "seq-len", 0, "sequence length N (0: the dataset's)")
+		fs.StringVar(&f.noise, "noise", "masked", "noise type: masked, low-uniform, balanced, high-uniform, uniform, or a mixing shift")
+		fs.StringVar(&f.optimizer, "optimizer", "laprop", "optimizer: laprop or adamw")
+		fs.Float64Var(&f.lr, "lr", 0.5, "base learning rate η (bulk LR η/d, aux LR 0.02η)")
+		fs.IntVar(&f.warmup, "warmup", 100, "warmup steps")
+		fs.Float64Var(&f.cooldown, "cooldown", 0.2, "cooldown: fraction of the steps (< 1) or a step count")
+		fs.IntVar(&f.steps, "steps", 1000, "training steps (optimizer updates)")
+		fs.IntVar(&f.batch, "batch", 16, "global batch size in sequences (independent of the number of nodes)")
+		fs.IntVar(&f.micro, "micro-batch", 0, "sequences per forward/backward on a node (0: the global batch)")
+		fs.Uint64Var(&f.seed, "seed", 1, "run seed: initialisation, data order and noise are pure functions of it")
+		fs.Float64Var(&f.promptP, "prompt-p", 0.2, "share of sequences with a clean prompt (noise_mask_p_prompt)")
+	}
+	fs.StringVar(&f.data, "data", "", "dataset directory with manifest.json (from `trainer prepare`)")
+	fs.StringVar(&f.dataURL, "data-url", "", "HTTP(S) base URL serving manifest.json and the shards")
+	fs.StringVar(&f.dataPeer, "data-peer", "", "gRPC address of a node to stream shards from (joiners use a member when no data is given)")
+	fs.StringVar(&f.cacheDir, "cache-dir", "", "where downloaded shards are kept (default RUN_DIR/cache)")
+
+	fs.StringVar(&f.ckptDir, "checkpoint-dir", "", "checkpoint directory (default RUN_DIR/checkpoints)")
+	fs.IntVar(&f.ckptEvery, "checkpoint-every", 100, "save a checkpoint every K steps (0: only at the end)")
+	fs.IntVar(&f.keep, "keep", 3, "keep the newest K checkpoints (K >= 2)")
+	fs.IntVar(&f.keepEvery, "keep-every", 0, "also keep every M-th step forever (0: off)")
+	fs.StringVar(&f.resume, "resume", "auto", "auto (newest valid checkpoint), never, or a checkpoint directory")
+	fs.BoolVar(&f.force, "force", false, "with --resume never, start over in a non-empty checkpoint directory")
+	fs.BoolVar(&f.ckptLocal, "checkpoint-local", false, "every node writes its own checkpoints (default: only the coordinator, for a shared volume)")
+	fs.StringVar(&f.runDir, "run-dir", "run", "run directory: metrics.jsonl, checkpoints, cache")
+	fs.DurationVar(&f.maxDuration, "max-duration", 0, "stop cleanly (with a checkpoint) after this long (0: no limit)")
+
+	fs.StringVar(&f.device, "device", "auto", "compute device: cpu, cuda or auto")
+	fs.StringVar(&f.precision, "precision", "fp32", "GEMM precision on CUDA: fp32, tf32 or bf16")
+	fs.IntVar(&f.threads, "threads", 0, "CPU threads for kernels and BLAS (0: all cores)")
+
+	fs.StringVar(&f.name, "name", "", "node name prefix (default: host name; a random suffix is always added)")
+	fs.StringVar(&f.bind, "bind", "0.0.0.0:7946", "gossip bind address host:port")
+	fs.StringVar(&f.advertise, "advertise", "", "gossip address peers use, host:port (default: the bind address; in Kubernetes the pod IP)")
+	fs.StringVar(&f.grpcAddr, "grpc", "0.0.0.0:7947", "gRPC bind address host:port (control, allreduce, data, state transfer)")
+	fs.StringVar(&f.grpcAdvertise, "grpc-advertise", "", "gRPC address peers dial (default: the advertise host with the --grpc port)")
+	fs.IntVar(&f.minNodes, "min-nodes", 1, "fewest members a ring may train with")
+	fs.IntVar(&f.maxNodes, "max-nodes", 0, "most members a ring admits (0: no limit)")
+	f.security.Register(fs) // --cluster-key (or $DIFFTRAIN_CLUSTER_KEY), --cluster-key-file, --tls-*
+	fs.DurationVar(&f.joinTimeout, "join-timeout", 2*time.Minute, "how long to retry reaching the seed")
+
+	fs.StringVar(&f.codec, "codec", "none", "gradient codec: none, bf16, bf16-zstd or int8")
+	fs.Float64Var(&f.bucketMB, "bucket-mb", 25, "gradient bucket size in MiB")
+	fs.DurationVar(&f.allreduceTimeout, "allreduce-timeout", 10*time.Second, "abort a step when a ring neighbour is silent this long")
+
+	fs.StringVar(&f.metricsAddr, "metrics-addr", "0.0.0.0:9090", "HTTP address for /metrics, /healthz and /readyz (empty: off)")
+	fs.IntVar(&f.checksumEvery, "checksum-every", 50, "compare weight checksums across the ring every K steps (0: off)")
+	fs.StringVar(&f.progress, "progress", "auto", "progress display: auto (bar on a terminal), bar, log or none")
+	fs.IntVar(&f.logEvery, "log-every", 10, "log a line every K steps when not showing a bar")
+}
+
+// trainConfig builds the training config: the --config file if given, then
+// every flag that was set explicitly (or every flag without a file). A
+// vocabulary or sequence length left 0 is filled in from the dataset by the
+// node, which validates the result.
+func (f *runFlags) trainConfig(cmd *cobra.Command) (train.Config, error) {
+	set := func(name string) bool { return f.config == "" || cmd.Flags().Changed(name) }
+	var c train.Config
+	if f.config != "" {
+		raw, err := os.ReadFile(f.config)
+		if err != nil {
+			return c, fmt.Errorf("--config: %w", err)
+		}
+		if err := yaml.UnmarshalStrict(raw, &c); err != nil {
+			return c, fmt.Errorf("--config %s: %w", f.config, err)
+		}
+	} else {
+		c = train.Default(model.Default(0, f.layers, f.dim, f.heads, 0))
+	}
+	m := &c.Model
+	if set("layers") {
+		m.Layers = f.layers
+	}
+	if set("dim") {
+		m.Dim = f.dim
+	}
+	if set("heads") {
+		m.Heads = f.heads
+	}
+	if f.vocab > 0 {
+		m.Vocab = f.vocab
+	}
+	if f.seqLen > 0 {
+		m.SeqLen = f.seqLen
+	}
+	if set("noise") {
+		c.Noise = f.noise
+	}
+	if set("optimizer") {
+		c.Optimizer = f.optimizer
+	}
+	if set("lr") {
+		c.LR = f.lr
+	}
+	if set("warmup") {
+		c.Warmup = f.warmup
+	}
+	if set("cooldown") {
+		c.Cooldown = f.cooldown
+	}
+	if set("steps") {
+		c.Steps = f.steps
+	}
+	if set("batch") {
+		c.Batch = f.batch
+	}
+	if set("micro-batch") || c.MicroBatch == 0 {
+		c.MicroBatch = f.micro
+	}
+	if c.MicroBatch == 0 {
+		c.MicroBatch = c.Batch
+	}
+	if set("seed") {
+		c.Seed = f.seed
+	}
+	if set("prompt-p") {
+		c.PPrompt = f.promptP
+	}
+	if c.Warmup > c.Steps {
+		c.Warmup = c.Steps
+	}
+	return c, nil
+}

@@ -1,0 +1,407 @@
+package allreduce
+
+import (
+	"encoding/binary"
+	"fmt"
+	"math"
+	"unsafe"
+
+	"github.com/klauspost/compress/zstd"
+)
+
+// Codec names accepted by Config.Codec.
+const (
+	CodecNone     = "none"      // fp32, exact
+	CodecBF16     = "bf16"      // bfloat16, round to nearest even
+	CodecBF16Zstd = "bf16-zstd" // bf16 split into byte planes, sign/exponent plane zstd-compressed
+	CodecInt8     = "int8"      // int8 per block of Int8Block elements, one fp32 scale per block
+)
+
+// Int8Block is the number of elements that share one scale in the int8 codec.
+const Int8Block = 256
+
+// Codecs lists the codec names in the order benchmarks report them.
+var Codecs = []string{CodecNone, CodecBF16, CodecBF16Zstd, CodecInt8}
+
+// A codec turns fp32 values into a message payload and back. Partial sums
+// travel in the codec's format and are accumulated in fp32. One codec value is
+// used by one goroutine at a time.
+type codec interface {
+	// encode appends the encoding of src to dst. If out is not nil it also
+	// writes into out (which may alias src) the values a receiver will decode.
+	encode(dst []byte, src, out []float32) []byte
+	// accumulate adds the decoded payload to dst.
+	accumulate(dst []float32, p []byte) error
+	// decode overwrites dst with the decoded payload.
+	decode(dst []float32, p []byte) error
+}
+
+// codecInfo describes a codec independently of any instance.
+type codecInfo struct {
+	id   uint8
+	name string
+	// lossy codecs round; int8 keeps an error-feedback residual.
+	lossy, feedback bool
+	// check reports whether a payload of plen bytes can hold n elements.
+	check func(n, plen int) error
+	// maxSize bounds the payload for n elements (a hint for buffer sizes).
+	maxSize func(n int) int
+	make    func() (codec, error)
+}
+
+var codecTable = []*codecInfo{
+	{id: 1, name: CodecNone, check: exactSize(4), maxSize: func(n int) int { return 4 * n },
+		make: func() (codec, error) { return noneCodec{}, nil }},
+	{id: 2, name: CodecBF16, lossy: true, check: exactSize(2), maxSize: func(n int) int { return 2 * n },
+		make: func() (codec, error) { return bf16Codec{}, nil }},
+	{id: 3, name: CodecBF16Zstd, lossy: true, check: checkZstd, maxSize: func(n int) int { return 2*n + n>>6 + 256 },
+		make: newZstdCodec},
+	{id: 4, name: CodecInt8, lossy: true, feedback: true, check: exactInt8, maxSize: int8Size,
+		make: func() (codec, error) { return int8Codec{}, nil }},
+}
+
+func codecByName(name string) (*codecInfo, error) {
+	for _, c := range codecTable {
+		if c.name == name {
+			return c, nil
+		}
+	}
+	return nil, fmt.Errorf("unknown codec %q (want one of %v)", name, Codecs)
+}
+
+func codecByID(id uint8) (*codecInfo, error) {
+	for _, c := range codecTable {
+		if c.id == id {
+			return c, nil
+		}
+	}
+	return nil, fmt.Errorf("unknown codec id %d", id)
+}
+
+func exactSize(per int) func(n, plen int) error {
+	return func(n, plen int) error {
+		if plen != per*n {
+			return fmt.Errorf("want %d bytes, have %d", per*n, plen)
+		}
+		return nil
+	}
+}
+
+// grow extends b by n bytes, reallocating if needed.
+func grow(b []byte, n int) []byte {
+	if cap(b)-len(b) < n {
+		nb := make([]byte, len(b), len(b)+n)
+		copy(nb, b)
+		b = nb
+	}
+	return b[:len(b)+n]
+}
+
+// littleEndian reports whether float32 slices can be copied to the wire as
+// they lie in memory.
+var littleEndian = binary.NativeEndian.Uint16([]byte{1, 0}) == 1
+
+// f32s views p as float32s when it is aligned and the machine little-endian.
+func f32s(p []byte) ([]float32, bool) {
+	if !littleEndian || len(p) == 0 || uintptr(unsafe.Pointer(&p[0]))%4 != 0 {
+		return nil, false
+	}
+	return unsafe.Slice((*float32)(unsafe.Pointer(&p[0])), len(p)/4), true
+}
+
+// none: little-endian fp32.
+type noneCodec struct{}
+
+func (noneCodec) encode(dst []byte, src, out []float32) []byte {
+	at := len(dst)
+	dst = grow(dst, 4*len(src))
+	if v, ok := f32s(dst[at:]); ok {
+		copy(v, src)
+	} else {
+		for i, x := range src {
+			binary.LittleEndian.PutUint32(dst[at+4*i:], math.Float32bits(x))
+		}
+	}
+	if out != nil {
+		copy(out, src)
+	}
+	return dst
+}
+
+func (noneCodec) accumulate(dst []float32, p []byte) error {
+	if len(p) != 4*len(dst) {
+		return fmt.Errorf("none: %d bytes for %d elements", len(p), len(dst))
+	}
+	if v, ok := f32s(p); ok {
+		v = v[:len(dst)]
+		for i := range dst {
+			dst[i] += v[i]
+		}
+		return nil
+	}
+	for i := range dst {
+		dst[i] += math.Float32frombits(binary.LittleEndian.Uint32(p[4*i:]))
+	}
+	return nil
+}
+
+func (noneCodec) decode(dst []float32, p []byte) error {
+	if len(p) != 4*len(dst) {
+		return fmt.Errorf("none: %d bytes for %d elements", len(p), len(dst))
+	}
+	if v, ok := f32s(p); ok {
+		copy(dst, v)
+		return nil
+	}
+	for i := range dst {
+		dst[i] = math.Float32frombits(binary.LittleEndian.Uint32(p[4*i:]))
+	}
+	return nil
+}
+
+// toBF16 rounds x to bfloat16, to nearest even; NaNs stay (quiet) NaNs.
+func toBF16(x float32) uint16 {
+	b := math.Float32bits(x)
+	if b&0x7fffffff > 0x7f800000 {
+		return uint16(b>>16) | 0x40
+	}
+	return uint16((b + 0x7fff + (b>>16)&1) >> 16)
+}
+
+func fromBF16(h uint16) float32 { return math.Float32frombits(uint32(h) << 16) }
+
+// bf16: little-endian bfloat16.
+type bf16Codec struct{}
+
+func (bf16Codec) encode(dst []byte, src, out []float32) []byte {
+	at := len(dst)
+	dst = grow(dst, 2*len(src))
+	p := dst[at : at+2*len(src)]
+	if h, ok := u16s(p); ok && out == nil {
+		h = h[:len(src)]
+		for i, x := range src {
+			h[i] = toBF16(x)
+		}
+		return dst
+	}
+	for i, x := range src {
+		h := toBF16(x)
+		p[2*i] = byte(h)
+		p[2*i+1] = byte(h >> 8)
+		if out != nil {
+			out[i] = fromBF16(h)
+		}
+	}
+	return dst
+}
+
+// u16s views p as uint16s when it is aligned and the machine little-endian.
+func u16s(p []byte) ([]uint16, bool) {
+	if !littleEndian || len(p) == 0 || uintptr(unsafe.Pointer(&p[0]))%2 != 0 {
+		return nil, false
+	}
+	return unsafe.Slice((*uint16)(unsafe.Pointer(&p[0])), len(p)/2), true
+}
+
+func (bf16Codec) accumulate(dst []float32, p []byte) error {
+	if len(p) != 2*len(dst) {
+		return fmt.Errorf("bf16: %d bytes for %d elements", len(p), len(dst))
+	}
+	p = p[:2*len(dst)]
+	for i := range dst {
+		dst[i] += fromBF16(uint16(p[2*i]) | uint16(p[2*i+1])<<8)
+	}
+	return nil
+}
+
+func (bf16Codec) decode(dst []float32, p []byte) error {
+	if len(p) != 2*len(dst) {
+		return fmt.Errorf("bf16: %d bytes for %d elements", len(p), len(dst))
+	}
+	p = p[:2*len(dst)]
+	for i := range dst {
+		dst[i] = fromBF16(uint16(p[2*i]) | uint16(p[2*i+1])<<8)
+	}
+	return nil
+}
+
+// int8Size is the payload size of n elements: per block a float32 scale then
+// one signed byte per element.
+func int8Size(n int) int { return n + 4*((n+Int8Block-1)/Int8Block) }
+
+func exactInt8(n, plen int) error {
+	if want := int8Size(n); plen != want {
+		return fmt.Errorf("want %d bytes, have %d", want, plen)
+	}
+	return nil
+}
+
+// int8: per block, scale = max|x|/127 and q = round(x/scale) in [-127, 127].
+// A block holding a NaN or an infinity is sent with a NaN scale, so the
+// receivers see NaN rather than a silently wrong number.
+type int8Codec struct{}
+
+func (int8Codec) encode(dst []byte, src, out []float32) []byte {
+	at := len(dst)
+	dst = grow(dst, int8Size(len(src)))
+	p := dst[at:]
+	for lo := 0; lo < len(src); lo += Int8Block {
+		blk := src[lo:min(lo+Int8Block, len(src))]
+		// The largest magnitude, compared as bits: for non-negative floats
+		// the integer order is the float order, and Inf and NaN sort last.
+		var mb uint32
+		for _, x := range blk {
+			mb = max(mb, math.Float32bits(x)&0x7fffffff)
+		}
+		bad := mb >= 0x7f800000
+		m := math.Float32frombits(mb)
+		scale, inv := m/127, float32(0)
+		if bad {
+			scale = float32(math.NaN())
+		} else if m > 0 {
+			inv = 127 / m
+		}
+		binary.LittleEndian.PutUint32(p, math.Float32bits(scale))
+		q := p[4 : 4+len(blk)]
+		for i, x := range blk {
+			// Adding 1.5·2^23 rounds to the nearest integer, ties to even.
+			r := x*inv + 12582912
+			v := int32(math.Float32bits(r)&0x7fffff) - 0x400000
+			v = max(-127, min(127, v))
+			q[i] = byte(int8(v))
+			if out != nil {
+				out[lo+i] = float32(v) * scale
+			}
+		}
+		p = p[4+len(blk):]
+	}
+	return dst
+}
+
+func (int8Codec) each(dst []float32, p []byte, add bool) error {
+	if len(p) != int8Size(len(dst)) {
+		return fmt.Errorf("int8: %d bytes for %d elements", len(p), len(dst))
+	}
+	for lo := 0; lo < len(dst); lo += Int8Block {
+		blk := dst[lo:min(lo+Int8Block, len(dst))]
+		scale := math.Float32frombits(binary.LittleEndian.Uint32(p))
+		q := p[4 : 4+len(blk)]
+		if add {
+			for i := range blk {
+				blk[i] += float32(int8(q[i])) * scale
+			}
+		} else {
+			for i := range blk {
+				blk[i] = float32(int8(q[i])) * scale
+			}
+		}
+		p = p[4+len(blk):]
+	}
+	return nil
+}
+
+func (c int8Codec) accumulate(dst []float32, p []byte) error { return c.each(dst, p, true) }
+func (c int8Codec) decode(dst []float32, p []byte) error     { return c.each(dst, p, false) }
+
+// bf16-zstd: the bf16 values split into two byte planes. The high plane (sign
+// and most of the exponent) is zstd-compressed; the low plane (mostly
+// mantissa, close to random) is sent raw. Payload: u32 length of the
+// compressed high plane, the compressed plane, then the low plane.
+type zstdCodec struct {
+	enc   *zstd.Encoder
+	dec   *zstd.Decoder
+	plane []byte // high plane scratch, reused
+}
+
+func newZstdCodec() (codec, error) {
+	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest),
+		zstd.WithEncoderConcurrency(1), zstd.WithEncoderCRC(false),
+		// The sign/exponent plane has few repeats but a skewed distribution:
+		// entropy-code it even when no matches are found.
+		zstd.WithAllLitEntropyCompression(true))
+	if err != nil {
+		return nil, fmt.Errorf("zstd encoder: %w", err)
+	}
+	dec, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1),
+		zstd.WithDecoderMaxMemory(maxChunkBytes/4), zstd.WithDecoderMaxWindow(maxChunkBytes/4), zstd.IgnoreChecksum(true))
+	if err != nil {
+		return nil, fmt.Errorf("zstd decoder: %w", err)
+	}
+	return &zstdCodec{enc: enc, dec: dec}, nil
+}
+
+func checkZstd(n, plen int) error {
+	if plen < 4+n {
+		return fmt.Errorf("want at least %d bytes, have %d", 4+n, plen)
+	}
+	return nil
+}
+
+func (z *zstdCodec) encode(dst []byte, src, out []float32) []byte {
+	n := len(src)
+	if cap(z.plane) < 2*n {
+		z.plane = make([]byte, 2*n)
+	}
+	hi, lo := z.plane[:n], z.plane[n:2*n]
+	for i, x := range src {
+		h := toBF16(x)
+		hi[i], lo[i] = byte(h>>8), byte(h)
+		if out != nil {
+			out[i] = fromBF16(h)
+		}
+	}
+	at := len(dst)
+	dst = grow(dst, 4)
+	dst = z.enc.EncodeAll(hi, dst)
+	binary.LittleEndian.PutUint32(dst[at:], uint32(len(dst)-at-4))
+	return append(dst, lo...)
+}
+
+// planes decompresses the high plane and returns both planes.
+func (z *zstdCodec) planes(n int, p []byte) (hi, lo []byte, err error) {
+	if len(p) < 4+n {
+		return nil, nil, fmt.Errorf("bf16-zstd: %d bytes for %d elements", len(p), n)
+	}
+	clen := int64(binary.LittleEndian.Uint32(p))
+	if clen != int64(len(p)-4-n) {
+		return nil, nil, fmt.Errorf("bf16-zstd: compressed plane of %d bytes in a %d-byte payload for %d elements", clen, len(p), n)
+	}
+	if cap(z.plane) < n {
+		z.plane = make([]byte, n)
+	}
+	hi, err = z.dec.DecodeAll(p[4:4+clen], z.plane[:0])
+	if err != nil {
+		return nil, nil, fmt.Errorf("bf16-zstd: %w", err)
+	}
+	if len(hi) != n {
+		return nil, nil, fmt.Errorf("bf16-zstd: high plane has %d bytes, want %d", len(hi), n)
+	}
+	if cap(hi) > cap(z.plane) {
+		z.plane = hi[:0]
+	}
+	return hi, p[4+clen:], nil
+}
+
+func (z *zstdCodec) accumulate(dst []float32, p []byte) error {
+	hi, lo, err := z.planes(len(dst), p)
+	if err != nil {
+		return err
+	}
+	lo = lo[:len(dst)]
+	for i := range dst {
+		dst[i] += fromBF16(uint16(hi[i])<<8 | uint16(lo[i]))
+	}
+	return nil
+}
+
+func (z *zstdCodec) decode(dst []float32, p []byte) error {
+	hi, lo, err := z.planes(len(dst), p)
+	if err != nil {
+		return err
+	}
+	lo = lo[:len(dst)]
+	for i := range dst {
+		dst[i] = fromBF16(uint16(hi[i])<<8 | uint16(lo[i]))
+	}
+	return nil
+}

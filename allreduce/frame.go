@@ -1,0 +1,199 @@
+package allreduce
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"sync"
+)
+
+// A message on the wire is a fixed 48-byte little-endian header followed by
+// a payload:
+//
+//	0  magic "DTAR"      4  version       5  kind     6  codec   7  zero
+//	8  generation u64   16  step u64     24  bucket u32
+//	28 hop u16 (index of the ring step, 0..2(n-1)-1)  30 from u16 (sender rank)
+//	32 chunk u32 (abort: rank where the failure began)  36 count u32 (elements)
+//	40 payload length u32  44 CRC-32C of the payload
+//
+// The CRC covers the payload only, so that a member forwarding an all-gather
+// chunk rewrites hop and sender without touching the payload.
+const (
+	headerSize = 48
+	version    = 1
+
+	// maxPayload bounds what a decoder accepts (a chunk is far smaller).
+	maxPayload = 64 << 20
+	// maxAbortText bounds the reason carried by an abort message.
+	maxAbortText = 1024
+)
+
+var magic = [4]byte{'D', 'T', 'A', 'R'}
+
+const (
+	kindData  = 1
+	kindAbort = 2
+	kindBeat  = 3 // "still here, waiting for my left neighbour"
+)
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// header is the decoded form of a message header.
+type header struct {
+	kind   uint8
+	codec  uint8
+	gen    uint64
+	step   uint64
+	bucket uint32
+	hop    uint16
+	from   uint16
+	chunk  uint32
+	count  uint32
+}
+
+// put writes h and the payload's length and checksum into b[:headerSize].
+func (h *header) put(b []byte, payload []byte) {
+	copy(b[0:4], magic[:])
+	b[4] = version
+	b[5] = h.kind
+	b[6] = h.codec
+	b[7] = 0
+	binary.LittleEndian.PutUint64(b[8:], h.gen)
+	binary.LittleEndian.PutUint64(b[16:], h.step)
+	binary.LittleEndian.PutUint32(b[24:], h.bucket)
+	binary.LittleEndian.PutUint16(b[28:], h.hop)
+	binary.LittleEndian.PutUint16(b[30:], h.from)
+	binary.LittleEndian.PutUint32(b[32:], h.chunk)
+	binary.LittleEndian.PutUint32(b[36:], h.count)
+	binary.LittleEndian.PutUint32(b[40:], uint32(len(payload)))
+	binary.LittleEndian.PutUint32(b[44:], crc32.Checksum(payload, castagnoli))
+}
+
+// rewrite changes the hop and sender of an encoded message in place.
+func rewrite(b []byte, hop, from uint16) {
+	binary.LittleEndian.PutUint16(b[28:], hop)
+	binary.LittleEndian.PutUint16(b[30:], from)
+}
+
+var errShort = errors.New("message shorter than its header")
+
+// decodeMessage checks a message's structure and checksum and returns its
+// header and payload. The payload aliases b. It never panics, whatever b holds.
+func decodeMessage(b []byte) (header, []byte, error) {
+	var h header
+	if len(b) < headerSize {
+		return h, nil, fmt.Errorf("%w: %d bytes", errShort, len(b))
+	}
+	if [4]byte(b[0:4]) != magic {
+		return h, nil, fmt.Errorf("bad magic %q", b[0:4])
+	}
+	if b[4] != version {
+		return h, nil, fmt.Errorf("unsupported version %d (want %d)", b[4], version)
+	}
+	if b[7] != 0 {
+		return h, nil, fmt.Errorf("reserved byte is %d, want 0", b[7])
+	}
+	h.kind, h.codec = b[5], b[6]
+	h.gen = binary.LittleEndian.Uint64(b[8:])
+	h.step = binary.LittleEndian.Uint64(b[16:])
+	h.bucket = binary.LittleEndian.Uint32(b[24:])
+	h.hop = binary.LittleEndian.Uint16(b[28:])
+	h.from = binary.LittleEndian.Uint16(b[30:])
+	h.chunk = binary.LittleEndian.Uint32(b[32:])
+	h.count = binary.LittleEndian.Uint32(b[36:])
+	plen := binary.LittleEndian.Uint32(b[40:])
+	sum := binary.LittleEndian.Uint32(b[44:])
+	payload := b[headerSize:]
+	if uint64(plen) != uint64(len(payload)) {
+		return h, nil, fmt.Errorf("header says %d payload bytes, message has %d", plen, len(payload))
+	}
+	if plen > maxPayload {
+		return h, nil, fmt.Errorf("payload of %d bytes exceeds the limit of %d", plen, maxPayload)
+	}
+	if got := crc32.Checksum(payload, castagnoli); got != sum {
+		return h, nil, fmt.Errorf("payload checksum %08x, header says %08x", got, sum)
+	}
+	switch h.kind {
+	case kindData:
+		c, err := codecByID(h.codec)
+		if err != nil {
+			return h, nil, err
+		}
+		if err := c.check(int(h.count), len(payload)); err != nil {
+			return h, nil, fmt.Errorf("%s payload of %d elements: %w", c.name, h.count, err)
+		}
+	case kindAbort:
+		if h.count != 0 || len(payload) > maxAbortText {
+			return h, nil, fmt.Errorf("abort message with count %d and %d bytes of text", h.count, len(payload))
+		}
+	case kindBeat:
+		if h.count != 0 || len(payload) != 0 {
+			return h, nil, fmt.Errorf("heartbeat with count %d and %d bytes of payload", h.count, len(payload))
+		}
+	default:
+		return h, nil, fmt.Errorf("unknown message kind %d", h.kind)
+	}
+	return h, payload, nil
+}
+
+// A Frame is one message buffer. Frames come from a Pool and go back to it
+// with Release, so a step allocates nothing once the pools are warm.
+//
+// A frame from a Transport's inbox either holds a message (Buf) or reports
+// that the stream from Peer broke (Err).
+type Frame struct {
+	Buf  []byte
+	Peer string // address of the member that sent it (set by the transport)
+	Err  error  // the stream from Peer failed; Buf is empty
+	// LastGen is the generation of the last message seen on the stream that
+	// broke, so that the end of an old generation's stream is not mistaken
+	// for a failure in the current one. Zero if none was seen.
+	LastGen uint64
+
+	pool *Pool
+}
+
+// Release returns f to its pool. f must not be used afterwards.
+func (f *Frame) Release() {
+	if f.pool != nil {
+		f.pool.put(f)
+	}
+}
+
+// minFrameCap keeps frames above gRPC's buffer-pooling threshold, so that
+// gRPC always hands a sent frame back through Release (mem.NewBuffer).
+const minFrameCap = 4096
+
+// A Pool recycles frames. It never blocks: when empty it allocates, and the
+// frames allocated stay in the pool afterwards.
+type Pool struct {
+	mu   sync.Mutex
+	free []*Frame
+}
+
+// Get returns a frame whose Buf has length size.
+func (p *Pool) Get(size int) *Frame {
+	p.mu.Lock()
+	var f *Frame
+	if n := len(p.free); n > 0 {
+		f = p.free[n-1]
+		p.free = p.free[:n-1]
+	}
+	p.mu.Unlock()
+	if f == nil {
+		f = &Frame{pool: p}
+	}
+	if cap(f.Buf) < size {
+		f.Buf = make([]byte, max(size, minFrameCap))
+	}
+	f.Buf = f.Buf[:size]
+	return f
+}
+
+func (p *Pool) put(f *Frame) {
+	f.Peer, f.Err, f.LastGen = "", nil, 0
+	p.mu.Lock()
+	p.free = append(p.free, f)
+	p.mu.Unlock()
+}

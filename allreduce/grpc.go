@@ -1,0 +1,331 @@
+package allreduce
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/encoding"
+	"google.golang.org/grpc/mem"
+	"google.golang.org/grpc/metadata"
+)
+
+// gRPC wiring. There is no protobuf here: one client-streaming method whose
+// messages are raw frames, marshalled by rawCodec without copying on the send
+// side (gRPC writes the frame's own buffer and hands it back through
+// Frame.Release) and with a single copy into a pooled frame on receipt.
+const (
+	servicePrefix = "difftrain.allreduce."
+	codecName     = "difftrain-allreduce-raw"
+	fromKey       = "difftrain-allreduce-from"
+
+	// MaxMessage is the message size limit set explicitly on both ends of a
+	// stream. Chunks (Config.ChunkBytes, at most 4 MiB) stay far below it.
+	MaxMessage = 64 << 20
+	// window is the HTTP/2 flow-control window per stream and connection:
+	// large enough that a whole ring hop of chunks is in flight.
+	window = 16 << 20
+	ioBuf  = 512 << 10
+)
+
+func init() { encoding.RegisterCodecV2(rawCodec{}) }
+
+// rawCodec carries *Frame values as their bytes.
+type rawCodec struct{}
+
+func (rawCodec) Name() string { return codecName }
+
+func (rawCodec) Marshal(v any) (mem.BufferSlice, error) {
+	f, ok := v.(*Frame)
+	if !ok {
+		return nil, fmt.Errorf("allreduce codec: cannot marshal %T", v)
+	}
+	return mem.BufferSlice{mem.NewBuffer(&f.Buf, frameRel{f})}, nil
+}
+
+func (rawCodec) Unmarshal(data mem.BufferSlice, v any) error {
+	f, ok := v.(*Frame)
+	if !ok {
+		return fmt.Errorf("allreduce codec: cannot unmarshal into %T", v)
+	}
+	n := data.Len()
+	if n > MaxMessage {
+		return fmt.Errorf("allreduce codec: message of %d bytes exceeds %d", n, MaxMessage)
+	}
+	if cap(f.Buf) < n {
+		f.Buf = make([]byte, max(n, minFrameCap))
+	}
+	f.Buf = f.Buf[:n]
+	data.CopyTo(f.Buf)
+	return nil
+}
+
+// frameRel is the mem.BufferPool through which gRPC returns a sent frame.
+type frameRel struct{ f *Frame }
+
+func (frameRel) Get(n int) *[]byte { b := make([]byte, n); return &b }
+func (r frameRel) Put(b *[]byte) {
+	r.f.Buf = (*b)[:0]
+	r.f.Release()
+}
+
+var streamDesc = grpc.StreamDesc{StreamName: "Stream", ClientStreams: true}
+
+// ServerOptions returns the options that a gRPC server hosting the ring
+// service needs: the message size limit and flow-control windows.
+func ServerOptions() []grpc.ServerOption {
+	return []grpc.ServerOption{
+		grpc.MaxRecvMsgSize(MaxMessage),
+		grpc.InitialWindowSize(window),
+		grpc.InitialConnWindowSize(window),
+		grpc.ReadBufferSize(ioBuf),
+		grpc.WriteBufferSize(ioBuf),
+	}
+}
+
+// GRPCTransport is the Transport over gRPC: one long-lived stream to each
+// peer this member sends to, and a service that receives the streams of the
+// members that send to it.
+type GRPCTransport struct {
+	service  string // full gRPC service name
+	addr     string
+	dialOpts []grpc.DialOption
+	inbox    chan *Frame
+	pool     Pool
+	closed   chan struct{}
+	once     sync.Once
+
+	mu    sync.Mutex
+	links map[string]*grpcLink
+}
+
+// grpcInbox is the number of received messages buffered before the gRPC
+// stream stops reading (and flow control stops the sender).
+const grpcInbox = 32
+
+// NewGRPC returns a transport that advertises addr (the address its gRPC
+// server listens on) and dials peers with opts (insecure credentials unless
+// opts set others). Register it on a server made with ServerOptions.
+func NewGRPC(addr string, opts ...grpc.DialOption) *GRPCTransport {
+	return NewGRPCService(addr, "Ring", opts...)
+}
+
+// NewGRPCService is NewGRPC for one of several rings hosted on one server
+// (for example one for gradients and one for statistics): name, a Go-style
+// identifier, tells their gRPC services apart.
+func NewGRPCService(addr, name string, opts ...grpc.DialOption) *GRPCTransport {
+	base := []grpc.DialOption{
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithInitialWindowSize(window),
+		grpc.WithInitialConnWindowSize(window),
+		grpc.WithReadBufferSize(ioBuf),
+		grpc.WithWriteBufferSize(ioBuf),
+		grpc.WithDefaultCallOptions(grpc.MaxCallSendMsgSize(MaxMessage), grpc.MaxCallRecvMsgSize(MaxMessage)),
+	}
+	return &GRPCTransport{
+		service:  servicePrefix + name,
+		addr:     addr,
+		dialOpts: append(base, opts...),
+		inbox:    make(chan *Frame, grpcInbox),
+		closed:   make(chan struct{}),
+		links:    make(map[string]*grpcLink),
+	}
+}
+
+// Register adds the ring service to s.
+func (t *GRPCTransport) Register(s *grpc.Server) {
+	s.RegisterService(&grpc.ServiceDesc{
+		ServiceName: t.service,
+		HandlerType: (*any)(nil),
+		Streams: []grpc.StreamDesc{{
+			StreamName:    "Stream",
+			Handler:       func(_ any, ss grpc.ServerStream) error { return t.receive(ss) },
+			ClientStreams: true,
+		}},
+	}, nil)
+}
+
+// ListenGRPC starts a gRPC server for a new transport on addr (e.g.
+// "127.0.0.1:0"). Stopping is Close on the transport followed by the
+// returned stop function.
+func ListenGRPC(addr string, opts ...grpc.DialOption) (*GRPCTransport, func(), error) {
+	lis, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, nil, fmt.Errorf("allreduce listen %s: %w", addr, err)
+	}
+	t := NewGRPC(lis.Addr().String(), opts...)
+	s := grpc.NewServer(ServerOptions()...)
+	t.Register(s)
+	go s.Serve(lis)
+	return t, s.Stop, nil
+}
+
+// Addr implements Transport.
+func (t *GRPCTransport) Addr() string { return t.addr }
+
+// Inbox implements Transport.
+func (t *GRPCTransport) Inbox() <-chan *Frame { return t.inbox }
+
+// receive runs one inbound stream until it ends.
+func (t *GRPCTransport) receive(ss grpc.ServerStream) error {
+	from := "unknown peer"
+	if md, ok := metadata.FromIncomingContext(ss.Context()); ok {
+		if v := md.Get(fromKey); len(v) == 1 && len(v[0]) < 256 {
+			from = v[0]
+		}
+	}
+	var last uint64
+	for {
+		f := t.pool.Get(0)
+		if err := ss.RecvMsg(f); err != nil {
+			if err == io.EOF {
+				err = errors.New("peer closed the stream")
+			}
+			f.Err, f.Peer, f.LastGen = fmt.Errorf("stream from %s ended: %w", from, err), from, last
+			// Deliver the news without holding the RPC open: the sender may
+			// be waiting for it to end (Close drains).
+			go func() {
+				select {
+				case t.inbox <- f:
+				case <-t.closed:
+					f.Release()
+				}
+			}()
+			return nil
+		}
+		f.Peer = from
+		if g := frameGen(f.Buf); g != 0 {
+			last = g
+		}
+		select {
+		case t.inbox <- f:
+		case <-t.closed:
+			f.Release()
+			return nil
+		}
+	}
+}
+
+// Dial implements Transport.
+func (t *GRPCTransport) Dial(ctx context.Context, addr string) (Link, error) {
+	select {
+	case <-t.closed:
+		return nil, errClosed
+	default:
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.links == nil {
+		return nil, errClosed
+	}
+	if l := t.links[addr]; l != nil {
+		if !l.broken.Load() {
+			return l, nil
+		}
+		l.close()
+		delete(t.links, addr)
+	}
+	conn, err := grpc.NewClient(addr, t.dialOpts...)
+	if err != nil {
+		return nil, fmt.Errorf("dial %s: %w", addr, err)
+	}
+	sctx, cancel := context.WithCancel(metadata.AppendToOutgoingContext(context.Background(), fromKey, t.addr))
+	// Open the stream under ctx's deadline without tying the stream to ctx.
+	stop := context.AfterFunc(ctx, cancel)
+	st, err := conn.NewStream(sctx, &streamDesc, "/"+t.service+"/Stream", grpc.ForceCodecV2(rawCodec{}))
+	interrupted := !stop()
+	if err != nil || interrupted {
+		cancel()
+		conn.Close()
+		if err == nil {
+			err = ctx.Err()
+		}
+		return nil, fmt.Errorf("dial %s: %w", addr, err)
+	}
+	l := &grpcLink{addr: addr, conn: conn, stream: st, cancel: cancel}
+	t.links[addr] = l
+	return l, nil
+}
+
+// closeDrain bounds how long Close waits for queued messages to reach peers.
+const closeDrain = 2 * time.Second
+
+// Close implements Transport. Messages already handed to Send are delivered
+// first (gRPC writes them asynchronously), for at most a couple of seconds:
+// a member that finishes its last step before its neighbour must not cut
+// the neighbour's last chunks off.
+func (t *GRPCTransport) Close() error {
+	t.once.Do(func() {
+		close(t.closed)
+		t.mu.Lock()
+		links := t.links
+		t.links = nil
+		t.mu.Unlock()
+		var wg sync.WaitGroup
+		for _, l := range links {
+			wg.Go(func() {
+				l.drain(closeDrain)
+				l.close()
+			})
+		}
+		wg.Wait()
+	})
+	return nil
+}
+
+type grpcLink struct {
+	addr   string
+	conn   *grpc.ClientConn
+	stream grpc.ClientStream
+	cancel context.CancelFunc
+	broken atomic.Bool
+	mu     sync.Mutex // one Send at a time
+}
+
+// drain half-closes the stream and waits until the peer has read it all.
+func (l *grpcLink) drain(d time.Duration) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.broken.Load() {
+		return
+	}
+	timer := time.AfterFunc(d, l.cancel)
+	defer timer.Stop()
+	if l.stream.CloseSend() == nil {
+		l.stream.RecvMsg(&Frame{}) // returns when the server's handler ends
+	}
+}
+
+func (l *grpcLink) close() {
+	l.broken.Store(true)
+	l.cancel()
+	l.conn.Close()
+}
+
+// Send implements Link.
+func (l *grpcLink) Send(ctx context.Context, f *Frame) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.broken.Load() {
+		f.Release()
+		return fmt.Errorf("send to %s: link broken", l.addr)
+	}
+	stop := context.AfterFunc(ctx, func() { l.broken.Store(true); l.cancel() })
+	err := l.stream.SendMsg(f)
+	if !stop() || err != nil {
+		l.broken.Store(true)
+		l.cancel()
+		if ctx.Err() != nil {
+			err = errors.Join(ctx.Err(), err)
+		}
+		return fmt.Errorf("send to %s: %w", l.addr, err)
+	}
+	return nil
+}

@@ -1,0 +1,104 @@
+package allreduce
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"sync"
+	"testing"
+)
+
+// TestGRPCSums runs the ring over real gRPC streams on 127.0.0.1, every
+// codec, several steps on the same streams.
+func TestGRPCSums(t *testing.T) {
+	cases := []struct {
+		n, length int
+		codec     string
+	}{
+		{1, 1000, CodecNone},
+		{2, 0, CodecNone},
+		{2, 1, CodecNone},
+		{3, 2, CodecNone},
+		{3, 1_000_003, CodecNone},
+		{4, 65_537, CodecBF16},
+		{4, 65_537, CodecBF16Zstd},
+		{5, 65_537, CodecInt8},
+		{8, 7919, CodecNone},
+	}
+	for _, tc := range cases {
+		if tc.length > 100_000 && (raceEnabled || testing.Short()) {
+			tc.length = 100_003
+		}
+		t.Run(fmt.Sprintf("%s/n%d/len%d", tc.codec, tc.n, tc.length), func(t *testing.T) {
+			c := newGRPCCluster(t, tc.n, tc.length, Config{Codec: tc.codec, BucketBytes: 4 * 400_000, ChunkBytes: 64 << 10})
+			for step := range uint64(2) {
+				xs := inputs(tc.n, tc.length, step+uint64(tc.length))
+				want := ringSum(xs, c.rs[0].Buckets())
+				_, abs := exactSum(xs)
+				lim := bound(tc.codec, tc.n, abs)
+				for i, err := range c.allreduce(1, step, xs) {
+					if err != nil {
+						t.Fatalf("step %d member %d: %v", step, i, err)
+					}
+				}
+				for r := range xs {
+					for i := range want {
+						if tc.codec == CodecNone && math.Float32bits(xs[r][i]) != math.Float32bits(want[i]) {
+							t.Fatalf("member %d element %d: got %v want %v", r, i, xs[r][i], want[i])
+						}
+						if d := math.Abs(float64(xs[r][i] - want[i])); d > 2*lim[i] {
+							t.Fatalf("member %d element %d: got %v want about %v", r, i, xs[r][i], want[i])
+						}
+						if xs[r][i] != xs[0][i] {
+							t.Fatalf("element %d differs between members 0 and %d", i, r)
+						}
+					}
+				}
+			}
+			if tc.n > 1 && tc.length > 0 && c.rs[0].Stats().SentBytes == 0 {
+				t.Error("no bytes counted as sent")
+			}
+		})
+	}
+}
+
+// TestGRPCCloseDelivers: a member that finishes first and closes its
+// transport at once must not cut off what its neighbour still has to
+// receive (gRPC writes sent messages asynchronously).
+func TestGRPCCloseDelivers(t *testing.T) {
+	for k := range 6 {
+		n, length := 3, 300_000
+		if k%2 == 1 {
+			n, length = 4, 1
+		}
+		c := newGRPCCluster(t, n, length, Config{ChunkBytes: 64 << 10})
+		xs := inputs(n, length, uint64(k))
+		want := ringSum(xs, c.rs[0].Buckets())
+		for range 2 {
+			want = ringSum([][]float32{want, want, want, want}[:n], c.rs[0].Buckets())
+		}
+		errs := make([]error, n)
+		var wg sync.WaitGroup
+		for i, r := range c.rs {
+			wg.Go(func() {
+				for step := range uint64(3) {
+					if errs[i] = r.Allreduce(context.Background(), c.gen[i], step, xs[i]); errs[i] != nil {
+						break
+					}
+				}
+				c.ts[i].Close()
+			})
+		}
+		wg.Wait()
+		for i, err := range errs {
+			if err != nil {
+				t.Fatalf("round %d member %d: %v", k, i, err)
+			}
+		}
+		for i := range want {
+			if xs[2][i] != want[i] {
+				t.Fatalf("round %d element %d: got %v want %v", k, i, xs[2][i], want[i])
+			}
+		}
+	}
+}

@@ -1,0 +1,211 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+
+	"github.com/spf13/cobra"
+	"gonum.org/v1/plot"
+	"gonum.org/v1/plot/plotter"
+	"gonum.org/v1/plot/plotutil"
+	"gonum.org/v1/plot/vg"
+
+	"github.com/difftrain/difftrain/node"
+)
+
+var plotFlags struct {
+	out           string
+	width, height int
+}
+
+var plotCmd = &cobra.Command{
+	Use:   "plot RUN_DIR",
+	Short: "Draw a run's metrics (loss, ELBO, throughput, step time) as PNG files",
+	Long: `plot reads RUN_DIR/metrics.jsonl (or the metrics file given instead of a
+directory), one JSON record per step, and writes three PNG files to RUN_DIR (or
+--out):
+
+  loss.png        training objective and ELBO (nats/token) against step
+  throughput.png  tokens per second of the whole ring against step
+  step_time.png   seconds per step: data, compute, communication and total
+
+When a step appears more than once (a node redid steps after resuming from a
+checkpoint) the last record of it counts.`,
+	Args: cobra.ExactArgs(1),
+	RunE: func(cmd *cobra.Command, args []string) error {
+		out := plotFlags.out
+		if out == "" {
+			out = args[0]
+			if st, err := os.Stat(args[0]); err == nil && !st.IsDir() {
+				out = filepath.Dir(args[0])
+			}
+		}
+		files, err := plotRun(args[0], out, plotFlags.width, plotFlags.height)
+		if err != nil {
+			return err
+		}
+		for _, f := range files {
+			fmt.Fprintln(cmd.OutOrStdout(), f)
+		}
+		return nil
+	},
+}
+
+func init() {
+	f := plotCmd.Flags()
+	f.StringVar(&plotFlags.out, "out", "", "directory for the PNG files (default: RUN_DIR)")
+	f.IntVar(&plotFlags.width, "width", 1000, "image width in pixels")
+	f.IntVar(&plotFlags.height, "height", 600, "image height in pixels")
+	root.AddCommand(plotCmd)
+}
+
+// plotRun draws the metrics of run (a run directory or a metrics file) into
+// PNG files in out and returns their paths.
+func plotRun(run, out string, width, height int) ([]string, error) {
+	if width < 100 || height < 100 || width > 20000 || height > 20000 {
+		return nil, fmt.Errorf("plot: image size %dx%d pixels: want 100 to 20000 each", width, height)
+	}
+	path := metricsPath(run)
+	raw, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("plot: no metrics file for %s (want RUN_DIR/metrics.jsonl, written by `trainer train`): %w", run, err)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("plot: %w", err)
+	}
+	// A running node may be halfway through appending a line: leave out a
+	// last line without its newline.
+	raw = raw[:bytes.LastIndexByte(raw, '\n')+1]
+	recs, err := node.ReadRecords(bytes.NewReader(raw))
+	if err != nil {
+		return nil, fmt.Errorf("plot: %s: %w", path, err)
+	}
+	recs = lastPerStep(recs)
+	if len(recs) == 0 {
+		return nil, fmt.Errorf("plot: %s has no records yet (a record is written after each step)", path)
+	}
+	if err := os.MkdirAll(out, 0o755); err != nil {
+		return nil, fmt.Errorf("plot: %w", err)
+	}
+	charts := []struct {
+		file, title, ylabel string
+		series              []series
+	}{
+		{"loss.png", "Loss", "nats/token", []series{
+			{"loss", func(r node.Record) float64 { return r.Loss }},
+			{"ELBO", func(r node.Record) float64 { return r.Elbo }},
+		}},
+		{"throughput.png", "Throughput (whole ring)", "tokens/s", []series{
+			{"tokens/s", func(r node.Record) float64 { return r.TokensPerS }},
+		}},
+		{"step_time.png", "Step time (this node)", "seconds", []series{
+			{"data", func(r node.Record) float64 { return r.DataS }},
+			{"compute", func(r node.Record) float64 { return r.ComputeS }},
+			{"comm", func(r node.Record) float64 { return r.CommS }},
+			{"total", func(r node.Record) float64 { return r.StepS }},
+		}},
+	}
+	w := vg.Length(width) * vg.Inch / 96 // the PNG canvas draws at 96 dpi
+	h := vg.Length(height) * vg.Inch / 96
+	var files []string
+	for _, c := range charts {
+		p := plot.New()
+		p.Title.Text = c.title
+		p.X.Label.Text = "step"
+		p.Y.Label.Text = c.ylabel
+		p.Add(plotter.NewGrid())
+		p.Legend.Top = true
+		var lines []any
+		for _, s := range c.series {
+			lines = append(lines, s.name, s.points(recs))
+		}
+		if err := plotutil.AddLines(p, lines...); err != nil {
+			return files, fmt.Errorf("plot: %s: %w", c.file, err)
+		}
+		png := filepath.Join(out, c.file)
+		if err := savePNG(p, w, h, png); err != nil {
+			return files, err
+		}
+		files = append(files, png)
+	}
+	return files, nil
+}
+
+// series is one line of a chart: a value of each record against its step.
+type series struct {
+	name  string
+	value func(node.Record) float64
+}
+
+// points returns the series' value of each record against its step.
+func (s series) points(recs []node.Record) plotter.XYs {
+	xys := make(plotter.XYs, len(recs))
+	for i, r := range recs {
+		xys[i] = plotter.XY{X: float64(r.Step), Y: s.value(r)}
+	}
+	return xys
+}
+
+// lastPerStep keeps the last record of each step, sorted by step.
+func lastPerStep(recs []node.Record) []node.Record {
+	last := make(map[int64]int, len(recs))
+	for i, r := range recs {
+		last[r.Step] = i
+	}
+	out := make([]node.Record, 0, len(last))
+	for i, r := range recs {
+		if last[r.Step] == i {
+			out = append(out, r)
+		}
+	}
+	slices.SortStableFunc(out, func(a, b node.Record) int {
+		switch {
+		case a.Step < b.Step:
+			return -1
+		case a.Step > b.Step:
+			return 1
+		}
+		return 0
+	})
+	return out
+}
+
+// savePNG writes p through a temporary file, so a failure leaves no partial
+// image under path.
+func savePNG(p *plot.Plot, w, h vg.Length, path string) error {
+	wt, err := p.WriterTo(w, h, "png")
+	if err != nil {
+		return fmt.Errorf("plot %s: %w", path, err)
+	}
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return fmt.Errorf("plot %s: %w", path, err)
+	}
+	_, err = wt.WriteTo(f)
+	if err == nil {
+		err = f.Chmod(0o644)
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(f.Name(), path)
+	}
+	if err != nil {
+		os.Remove(f.Name())
+		return fmt.Errorf("plot %s: %w", path, err)
+	}
+	return nil
+}
+
+func metricsPath(run string) string {
+	if st, err := os.Stat(run); err == nil && st.IsDir() {
+		return filepath.Join(run, "metrics.jsonl")
+	}
+	return run
+}

@@ -1,0 +1,510 @@
+package dataset
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"log/slog"
+	"math"
+	"os"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+
+	"github.com/difftrain/difftrain/shard"
+)
+
+// PrepareOptions configure Prepare.
+type PrepareOptions struct {
+	Inputs []string // text or JSONL files and directories of them
+	Out    string   // output dataset directory
+	// Format is "text" (each file is one document) or "jsonl" (each
+	// non-blank line is a JSON object whose Field holds one document).
+	Format      string
+	Field       string   // JSONL field with the text (default "text")
+	SeqLen      int      // tokens per sequence (default 256)
+	ValFraction float64  // share of documents held out as the "val" split
+	ShardMB     float64  // target shard size in MiB (default 64)
+	MaxMB       float64  // stop reading input after this many MiB (0: all)
+	Ext         []string // in directories, keep only these extensions (e.g. ".go")
+	SkipDirs    []string // in directories, skip directories with these names
+	Workers     int      // tokenizer goroutines (default GOMAXPROCS)
+	Tokenizer   Tokenizer
+	// Progress, if set, is called with input bytes processed and the total.
+	Progress func(done, total int64)
+}
+
+// PrepareStats report what Prepare did.
+type PrepareStats struct {
+	Files       int              // files read
+	Binary      int              // files skipped as binary (directories only)
+	Documents   map[string]int64 // per split
+	InputBytes  int64            // bytes of text tokenized
+	Tokens      int64            // tokens, including the EOS separators
+	Sequences   map[string]int64 // per split
+	Dropped     map[string]int64 // per split: tail tokens short of a sequence
+	Manifest    *shard.Manifest
+	MaxMBCapped bool // reading stopped at MaxMB
+}
+
+// Splits written by Prepare.
+const (
+	SplitTrain = "train"
+	SplitVal   = "val"
+)
+
+var ownShardRE = regexp.MustCompile(`^(train|val)-[0-9]{5}\.arrow$`)
+
+// doc is one tokenized document.
+type doc struct {
+	key  string
+	toks []int32
+	val  bool
+}
+
+// job is a unit of tokenizer work: one text file or a run of JSONL lines.
+type job struct {
+	file inputFile
+	line int // number of the first line in data (JSONL)
+	data []byte
+	docs []doc
+	err  error
+	done chan struct{}
+}
+
+// Prepare tokenizes the input documents in parallel, packs them in input
+// order into sequences (gidd-spec.md §8.4), holds out a deterministic share
+// of documents as the validation split, and writes shards of about ShardMB
+// MiB and then the manifest. The output depends only on the input bytes and
+// the options, not on timing or Workers. Shards are written through
+// temporary files and renamed, and the manifest goes last, so an interrupted
+// run leaves no dataset a reader would accept; running it again completes it.
+func Prepare(ctx context.Context, o PrepareOptions) (*PrepareStats, error) {
+	if err := o.defaults(); err != nil {
+		return nil, err
+	}
+	files, err := listInputs(o.Inputs, o.Ext, o.SkipDirs)
+	if err != nil {
+		return nil, fmt.Errorf("prepare: %w", err)
+	}
+	if len(files) == 0 {
+		return nil, fmt.Errorf("prepare: no input files in %s", strings.Join(o.Inputs, ", "))
+	}
+	var total int64
+	for _, f := range files {
+		total += f.size
+	}
+	capBytes := int64(o.MaxMB * (1 << 20))
+	if capBytes > 0 {
+		total = min(total, capBytes)
+	}
+	if err := startOutput(o.Out); err != nil {
+		return nil, fmt.Errorf("prepare: %w", err)
+	}
+	meta := shard.Meta{SeqLen: o.SeqLen, Vocab: o.Tokenizer.Vocab(), Tokenizer: o.Tokenizer.Name()}
+	perShard := max(1, int64(o.ShardMB*(1<<20))/int64(meta.SeqLen*meta.TokenBytes()))
+	meta.BatchRows = int(min(perShard, int64(shard.DefaultBatchRows(meta.SeqLen, meta.TokenBytes()))))
+	perShard = perShard / int64(meta.BatchRows) * int64(meta.BatchRows)
+
+	st := &PrepareStats{Documents: map[string]int64{}, Sequences: map[string]int64{}, Dropped: map[string]int64{}}
+	outs := map[string]*splitWriter{
+		SplitTrain: {split: SplitTrain, dir: o.Out, meta: meta, per: perShard},
+		SplitVal:   {split: SplitVal, dir: o.Out, meta: meta, per: perShard},
+	}
+	defer func() {
+		for _, w := range outs {
+			w.abort()
+		}
+	}()
+	packs := map[string]*Packer{SplitTrain: NewPacker(o.SeqLen), SplitVal: NewPacker(o.SeqLen)}
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	work := make(chan *job, o.Workers*2)
+	order := make(chan *job, o.Workers*4)
+	var wg sync.WaitGroup
+	for range o.Workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for j := range work {
+				j.docs, j.err = o.tokenize(j)
+				close(j.done)
+			}
+		}()
+	}
+	var prodErr error
+	go func() {
+		defer close(order)
+		defer close(work)
+		prodErr = o.produce(ctx, files, capBytes, st, work, order)
+	}()
+
+	var done int64
+	var collectErr error
+	for j := range order {
+		if collectErr != nil {
+			continue // drain
+		}
+		select {
+		case <-j.done:
+		case <-ctx.Done():
+		}
+		if ctx.Err() != nil {
+			collectErr = ctx.Err()
+			cancel()
+			continue
+		}
+		if j.err != nil {
+			collectErr = fmt.Errorf("prepare: %w", j.err)
+			cancel()
+			continue
+		}
+		for _, d := range j.docs {
+			split := SplitTrain
+			if d.val {
+				split = SplitVal
+			}
+			st.Documents[split]++
+			if err := packs[split].Add(d.toks, outs[split].add); err != nil {
+				collectErr = fmt.Errorf("prepare: %w", err)
+				cancel()
+				break
+			}
+		}
+		done += int64(len(j.data))
+		if o.Progress != nil {
+			o.Progress(min(done, total), total)
+		}
+	}
+	wg.Wait()
+	if collectErr == nil {
+		collectErr = prodErr
+	}
+	if collectErr != nil {
+		return nil, collectErr
+	}
+	st.InputBytes = done
+	for split, p := range packs {
+		st.Dropped[split] = int64(p.Pending())
+		st.Sequences[split] = outs[split].rows()
+	}
+	// Packed tokens, EOS separators included.
+	st.Tokens = st.Sequences[SplitTrain]*int64(o.SeqLen) + st.Sequences[SplitVal]*int64(o.SeqLen) + st.Dropped[SplitTrain] + st.Dropped[SplitVal]
+	if st.Documents[SplitTrain]+st.Documents[SplitVal] == 0 {
+		return nil, fmt.Errorf("prepare: no documents in the input (%d files read, %d skipped as binary, all empty)", st.Files, st.Binary)
+	}
+	if st.Sequences[SplitTrain] == 0 {
+		return nil, fmt.Errorf("prepare: the input's %d training tokens make no full sequence of %d tokens; give more text or a shorter --seq-len",
+			st.Dropped[SplitTrain], o.SeqLen)
+	}
+	if o.ValFraction > 0 && st.Sequences[SplitVal] == 0 {
+		slog.Warn("prepare: the validation split got no full sequence", "val_documents", st.Documents[SplitVal], "val_tokens", st.Dropped[SplitVal])
+	}
+	man := &shard.Manifest{Version: shard.Version, Tokenizer: meta.Tokenizer, Vocab: meta.Vocab, SeqLen: meta.SeqLen, Source: o.describe(st)}
+	for _, split := range []string{SplitTrain, SplitVal} {
+		infos, err := outs[split].finish()
+		if err != nil {
+			return nil, fmt.Errorf("prepare: %w", err)
+		}
+		man.Shards = append(man.Shards, infos...)
+	}
+	if err := shard.WriteManifest(o.Out, man); err != nil {
+		return nil, fmt.Errorf("prepare: %w", err)
+	}
+	removeStale(o.Out, man)
+	st.Manifest = man
+	return st, nil
+}
+
+func (o *PrepareOptions) defaults() error {
+	if o.Tokenizer == nil {
+		o.Tokenizer = Bytes{}
+	}
+	if o.Format == "" {
+		o.Format = "text"
+	}
+	if o.Field == "" {
+		o.Field = "text"
+	}
+	if o.SeqLen == 0 {
+		o.SeqLen = 256
+	}
+	if o.ShardMB == 0 {
+		o.ShardMB = 64
+	}
+	if o.Workers <= 0 {
+		o.Workers = runtime.GOMAXPROCS(0)
+	}
+	switch {
+	case len(o.Inputs) == 0:
+		return errors.New("prepare: no input")
+	case o.Out == "":
+		return errors.New("prepare: no output directory")
+	case o.Format != "text" && o.Format != "jsonl":
+		return fmt.Errorf("prepare: format %q: want text or jsonl", o.Format)
+	case o.SeqLen < 1 || o.SeqLen > 1<<20:
+		return fmt.Errorf("prepare: sequence length %d out of range [1, %d]", o.SeqLen, 1<<20)
+	case !(o.ValFraction >= 0 && o.ValFraction < 1):
+		return fmt.Errorf("prepare: validation fraction %v: want [0, 1)", o.ValFraction)
+	case !(o.ShardMB > 0) || math.IsInf(o.ShardMB, 0):
+		return fmt.Errorf("prepare: shard size %v MiB: want > 0", o.ShardMB)
+	case !(o.MaxMB >= 0) || math.IsInf(o.MaxMB, 0):
+		return fmt.Errorf("prepare: input cap %v MiB: want >= 0", o.MaxMB)
+	}
+	return nil
+}
+
+// describe records the inputs and options in the manifest.
+func (o *PrepareOptions) describe(st *PrepareStats) map[string]string {
+	return map[string]string{
+		"inputs":       strings.Join(o.Inputs, ","),
+		"format":       o.Format,
+		"field":        o.Field,
+		"val_fraction": strconv.FormatFloat(o.ValFraction, 'g', -1, 64),
+		"max_mb":       strconv.FormatFloat(o.MaxMB, 'g', -1, 64),
+		"files":        strconv.Itoa(st.Files),
+		"documents":    strconv.FormatInt(st.Documents[SplitTrain]+st.Documents[SplitVal], 10),
+		"input_bytes":  strconv.FormatInt(st.InputBytes, 10),
+		"packing":      "gidd-spec 8.4: EOS after each document unless at a sequence boundary",
+	}
+}
+
+// produce reads the input files in order and hands out jobs. Reading stops
+// once capBytes (if > 0) of input have been handed out.
+func (o *PrepareOptions) produce(ctx context.Context, files []inputFile, capBytes int64, st *PrepareStats, work, order chan<- *job) error {
+	var used int64
+	send := func(j *job) error {
+		j.done = make(chan struct{})
+		select {
+		case order <- j:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		select {
+		case work <- j:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		used += int64(len(j.data))
+		return nil
+	}
+	full := func() bool { return capBytes > 0 && used >= capBytes }
+	for _, f := range files {
+		if full() {
+			st.MaxMBCapped = true
+			return nil
+		}
+		data, err := os.ReadFile(f.path)
+		if err != nil {
+			return fmt.Errorf("prepare: %w", err)
+		}
+		if o.Format == "text" {
+			if !f.explicit && looksBinary(data) {
+				st.Binary++
+				continue
+			}
+			st.Files++
+			if err := send(&job{file: f, data: data}); err != nil {
+				return err
+			}
+			continue
+		}
+		st.Files++
+		line := 1
+		for len(data) > 0 && !full() {
+			// A chunk of about 1 MiB of whole lines, or the rest of the
+			// file up to the cap.
+			end := len(data)
+			if limit := min(1<<20, len(data)); limit < len(data) {
+				if i := bytes.IndexByte(data[limit:], '\n'); i >= 0 {
+					end = limit + i + 1
+				}
+			}
+			if capBytes > 0 && used+int64(end) > capBytes {
+				end = cutLines(data, int(capBytes-used))
+			}
+			chunk := data[:end]
+			if err := send(&job{file: f, line: line, data: chunk}); err != nil {
+				return err
+			}
+			line += bytes.Count(chunk, []byte{'\n'})
+			data = data[end:]
+		}
+	}
+	return nil
+}
+
+// cutLines returns the length of the whole lines of data that reach at
+// least n bytes (the line containing byte n is included).
+func cutLines(data []byte, n int) int {
+	if n >= len(data) {
+		return len(data)
+	}
+	if i := bytes.IndexByte(data[n:], '\n'); i >= 0 {
+		return n + i + 1
+	}
+	return len(data)
+}
+
+// tokenize turns a job into documents.
+func (o *PrepareOptions) tokenize(j *job) ([]doc, error) {
+	if o.Format == "text" {
+		if len(j.data) == 0 {
+			return nil, nil
+		}
+		return []doc{o.newDoc(j.file.key, j.data)}, nil
+	}
+	var docs []doc
+	data, line := j.data, j.line
+	for len(data) > 0 {
+		l := data
+		if i := bytes.IndexByte(data, '\n'); i >= 0 {
+			l, data = data[:i], data[i+1:]
+		} else {
+			data = nil
+		}
+		n := line
+		line++
+		if len(bytes.TrimSpace(l)) == 0 {
+			continue
+		}
+		var obj map[string]json.RawMessage
+		if err := json.Unmarshal(l, &obj); err != nil {
+			return nil, fmt.Errorf("%s:%d: not a JSON object: %v", j.file.path, n, err)
+		}
+		raw, ok := obj[o.Field]
+		if !ok {
+			return nil, fmt.Errorf("%s:%d: no field %q", j.file.path, n, o.Field)
+		}
+		var text string
+		if err := json.Unmarshal(raw, &text); err != nil {
+			return nil, fmt.Errorf("%s:%d: field %q is not a string", j.file.path, n, o.Field)
+		}
+		if text == "" {
+			continue
+		}
+		docs = append(docs, o.newDoc(j.file.key+":"+strconv.Itoa(n), []byte(text)))
+	}
+	return docs, nil
+}
+
+func (o *PrepareOptions) newDoc(key string, text []byte) doc {
+	return doc{key: key, toks: o.Tokenizer.Encode(nil, text), val: heldOut(key, o.ValFraction)}
+}
+
+// heldOut decides, from a document's stable key alone, whether it belongs to
+// the validation split.
+func heldOut(key string, frac float64) bool {
+	if frac <= 0 {
+		return false
+	}
+	h := fnv.New64a()
+	h.Write([]byte(key))
+	return float64(mix(h.Sum64())>>11)/(1<<53) < frac
+}
+
+// splitWriter writes the shards of one split.
+type splitWriter struct {
+	split string
+	dir   string
+	meta  shard.Meta
+	per   int64 // sequences per shard
+	w     *shard.Writer
+	infos []shard.Info
+	n     int64
+}
+
+func (s *splitWriter) add(seq []int32) error {
+	if s.w == nil {
+		name := fmt.Sprintf("%s-%05d.arrow", s.split, len(s.infos))
+		w, err := shard.Create(filepath.Join(s.dir, name), s.meta)
+		if err != nil {
+			return err
+		}
+		s.w = w
+	}
+	if err := s.w.Add(seq); err != nil {
+		return err
+	}
+	s.n++
+	if s.w.Len() == s.per {
+		return s.close()
+	}
+	return nil
+}
+
+func (s *splitWriter) close() error {
+	info, err := s.w.Close()
+	s.w = nil
+	if err != nil {
+		return err
+	}
+	info.Split = s.split
+	s.infos = append(s.infos, info)
+	return nil
+}
+
+func (s *splitWriter) rows() int64 { return s.n }
+
+func (s *splitWriter) finish() ([]shard.Info, error) {
+	if s.w != nil {
+		if err := s.close(); err != nil {
+			return nil, err
+		}
+	}
+	return s.infos, nil
+}
+
+func (s *splitWriter) abort() {
+	if s.w != nil {
+		s.w.Abort()
+		s.w = nil
+	}
+}
+
+// startOutput creates dir and invalidates any dataset in it: the old
+// manifest goes first, so no reader pairs it with new shards, and temporary
+// files of an interrupted run are removed.
+func startOutput(dir string) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	if err := os.Remove(filepath.Join(dir, shard.ManifestName)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return err
+	}
+	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), ".") && strings.Contains(e.Name(), ".tmp-") {
+			os.Remove(filepath.Join(dir, e.Name()))
+		}
+	}
+	return nil
+}
+
+// removeStale deletes shards of an earlier run that the new manifest does
+// not list.
+func removeStale(dir string, m *shard.Manifest) {
+	keep := map[string]bool{}
+	for _, s := range m.Shards {
+		keep[s.Name] = true
+	}
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return
+	}
+	for _, e := range ents {
+		if ownShardRE.MatchString(e.Name()) && !keep[e.Name()] {
+			os.Remove(filepath.Join(dir, e.Name()))
+		}
+	}
+}
