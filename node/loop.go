@@ -38,7 +38,11 @@ func (n *Node) loop(ctx context.Context) error {
 		}
 		if gen.ID != cur.ID {
 			me := gen.Ring[gen.Rank(n.cl.Name())]
-			if n.tr == nil || (me.Fresh && adopted != gen.ID) || int64(gen.Start) != n.step {
+			// A node needs the ring's state when it has none, is at another
+			// step, or is new to a ring that had a predecessor. In a first
+			// generation (Base 0) every member is new and the seed's state
+			// is the run's.
+			if n.tr == nil || int64(gen.Start) != n.step || (me.Fresh && gen.Base != 0 && adopted != gen.ID) {
 				err := n.adopt(ctx, gen)
 				if err == nil {
 					adopted = gen.ID
@@ -158,6 +162,9 @@ func (n *Node) runStep(ctx context.Context, ag allreduce.Generation) (Record, er
 	if n.opt.OnSample != nil {
 		n.opt.OnSample(n.step, res.Lo, res.Hi)
 	}
+	if n.samples != nil {
+		fmt.Fprintf(n.samples, "%d %d %d %d\n", n.step, res.Lo, res.Hi, ag.ID)
+	}
 	sum := res.Global.Summary(n.tr.Divisor())
 	wall := time.Since(t0)
 	tokens := float64(n.cfg.Batch * n.cfg.Model.SeqLen)
@@ -238,20 +245,14 @@ func (n *Node) hostParams() []float32 {
 	return n.hostSt.Params
 }
 
-// serveIfDonor snapshots this member's state when gen has members that need
-// it (joiners, or members behind gen.Start) and this member is the donor:
-// the first member of the ring that was in the previous ring at gen.Start.
+// serveIfDonor snapshots this member's state at the start of every ring
+// with other members, so that any member that lacks it (a joiner, a member
+// behind gen.Start, or one that was admitted before it ever got state) can
+// fetch it. The cluster cannot tell which members hold state; a snapshot is
+// one host copy, and rings change rarely.
 func (n *Node) serveIfDonor(gen cluster.Generation) {
-	if donor(gen) != n.cl.Name() {
-		return
-	}
-	needed := false
-	for _, m := range gen.Ring {
-		if m.Fresh || m.Step != gen.Start {
-			needed = true
-		}
-	}
-	if !needed {
+	me := gen.Ring[gen.Rank(n.cl.Name())]
+	if len(gen.Ring) < 2 || (me.Fresh && gen.Base != 0) {
 		return
 	}
 	sn := &snapshot{hdr: stateHeader{Step: n.step, Config: n.configJSON()}}
@@ -263,42 +264,53 @@ func (n *Node) serveIfDonor(gen cluster.Generation) {
 	// with none rather than a copy of the donor's.
 	sn.seal()
 	n.states.set(sn)
-	n.log.Info("serving state to joiners", "step", n.step, "sha256", sn.hdr.SHA256[:16])
+	n.log.Debug("serving state", "step", n.step, "sha256", sn.hdr.SHA256[:16])
 }
 
-// donor is the member joiners take state from.
-func donor(gen cluster.Generation) string {
+// donors lists the members that may hold the state of gen.Start, those that
+// were in the previous ring at that step first. Members without state answer
+// "no snapshot" and the next is tried.
+func donors(gen cluster.Generation, self string) []cluster.Member {
+	var first, rest []cluster.Member
 	for _, m := range gen.Ring {
-		if !m.Fresh && m.Step == gen.Start {
-			return m.Name
+		switch {
+		case m.Name == self || m.Step != gen.Start:
+		case !m.Fresh:
+			first = append(first, m)
+		default:
+			rest = append(rest, m)
 		}
 	}
-	return ""
+	return append(first, rest...)
 }
 
 // adopt takes the state of step gen.Start from the ring's donor: the
 // configuration (and trainer) too when this node has none yet.
 func (n *Node) adopt(ctx context.Context, gen cluster.Generation) error {
-	name := donor(gen)
-	if name == "" {
+	cands := donors(gen, n.cl.Name())
+	if len(cands) == 0 {
 		return fmt.Errorf("generation %d has no member with the state of step %d", gen.ID, gen.Start)
 	}
-	addr := gen.Ring[gen.Rank(name)].Addr
 	var sn *snapshot
 	var err error
+	var name string
 	t0 := time.Now()
-	for try := 0; try < 20; try++ {
-		sctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
-		sn, err = fetchState(sctx, addr, int64(gen.Start), n.dial)
-		cancel()
-		if err == nil || ctx.Err() != nil {
-			break
+	// A donor takes its snapshot when it sees the generation; retry briefly.
+	for try := 0; try < 50 && sn == nil && ctx.Err() == nil; try++ {
+		for _, m := range cands {
+			sctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+			sn, err = fetchState(sctx, m.Addr, int64(gen.Start), n.dial)
+			cancel()
+			if err == nil {
+				name = m.Name
+				break
+			}
 		}
-		// The donor takes its snapshot when it sees the generation; wait
-		// for it briefly.
-		time.Sleep(100 * time.Millisecond)
+		if sn == nil {
+			time.Sleep(100 * time.Millisecond)
+		}
 	}
-	if err != nil {
+	if sn == nil {
 		return err
 	}
 	if n.tr == nil {

@@ -60,6 +60,7 @@ type Node struct {
 	step    int64 // steps completed
 	ckState checkpoint.State
 	hostSt  train.State
+	samples *os.File
 }
 
 // Run runs a node until the configured number of steps is done, ctx ends
@@ -135,6 +136,11 @@ func (n *Node) start(ctx context.Context) error {
 	n.obs, err = newObserver(o, n.cl)
 	if err != nil {
 		return err
+	}
+	if o.SampleLog != "" {
+		if n.samples, err = os.OpenFile(o.SampleLog, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644); err != nil {
+			return fmt.Errorf("sample log: %w", err)
+		}
 	}
 	if err := n.cl.Join(ctx); err != nil {
 		return err
@@ -284,6 +290,9 @@ func (n *Node) close() {
 	}
 	if n.obs != nil {
 		n.obs.close()
+	}
+	if n.samples != nil {
+		n.samples.Close()
 	}
 }
 

@@ -1,0 +1,309 @@
+package node
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/difftrain/difftrain/cluster"
+	"github.com/difftrain/difftrain/compute/cpu"
+	"github.com/difftrain/difftrain/dataset"
+	"github.com/difftrain/difftrain/model"
+	"github.com/difftrain/difftrain/train"
+)
+
+// The node tests run real processes: the test binary re-executes itself as a
+// node when childEnv holds a childSpec, so `kill -9` and state transfer go
+// through real sockets on 127.0.0.1.
+const childEnv = "DIFFTRAIN_NODE_TEST_CHILD"
+
+type childSpec struct {
+	Name            string
+	Join            bool
+	Seeds           []string
+	Data            string
+	RunDir          string
+	Gossip, GRPC    string
+	Steps, Batch    int
+	MinNodes        int
+	Codec           string
+	CheckpointEvery int
+	ChecksumEvery   int
+	Resume          string
+}
+
+func TestMain(m *testing.M) {
+	if spec := os.Getenv(childEnv); spec != "" {
+		os.Exit(runChild(spec))
+	}
+	os.Exit(m.Run())
+}
+
+// tinyRun is the training configuration every node test uses.
+func tinyRun(steps, batch int) train.Config {
+	c := train.Default(model.Default(260, 2, 32, 2, 32))
+	c.Steps, c.Warmup, c.Batch, c.MicroBatch, c.LR, c.Seed = steps, 5, batch, batch, 0.1, 11
+	return c
+}
+
+func runChild(raw string) int {
+	var s childSpec
+	if err := json.Unmarshal([]byte(raw), &s); err != nil {
+		fmt.Fprintln(os.Stderr, "child spec:", err)
+		return 2
+	}
+	b, err := cpu.New(cpu.Options{Threads: 1})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	}
+	host, port, _ := net.SplitHostPort(s.Gossip)
+	p, _ := strconv.Atoi(port)
+	timing := cluster.FastTiming()
+	o := Options{
+		Join: s.Join, Train: tinyRun(s.Steps, s.Batch), Backend: b,
+		Data:          dataset.Options{Dir: s.Data},
+		CheckpointDir: filepath.Join(s.RunDir, "checkpoints"), CheckpointEvery: s.CheckpointEvery, Keep: 2,
+		Resume: s.Resume, RunDir: s.RunDir, GRPCListen: s.GRPC,
+		Cluster: cluster.Config{Name: s.Name, BindAddr: host, BindPort: p, GRPCAddr: s.GRPC, Seeds: s.Seeds,
+			MinNodes: s.MinNodes, JoinTimeout: 30 * time.Second, Timing: timing, Data: s.Data},
+		Codec: s.Codec, AllreduceTimeout: 3 * time.Second, ChecksumEvery: s.ChecksumEvery,
+		Progress: "log", LogEvery: 10, SampleLog: filepath.Join(s.RunDir, "samples.log"),
+	}
+	if s.Join {
+		o.Data.Dir = ""
+		o.Data.CacheDir = filepath.Join(s.RunDir, "cache")
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := Run(ctx, o); err != nil {
+		fmt.Fprintln(os.Stderr, "node:", err)
+		return 1
+	}
+	return 0
+}
+
+// testData prepares a small byte-level dataset once per test binary.
+var (
+	dataOnce sync.Once
+	dataDir  string
+	dataErr  error
+)
+
+func testData(t *testing.T) string {
+	t.Helper()
+	dataOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "difftrain-node-data")
+		if err != nil {
+			dataErr = err
+			return
+		}
+		in := filepath.Join(dir, "in.txt")
+		var sb strings.Builder
+		for i := 0; sb.Len() < 200<<10; i++ {
+			fmt.Fprintf(&sb, "line %d: the quick brown fox jumps over the lazy dog %d times.\n", i, i*7%13)
+		}
+		if err := os.WriteFile(in, []byte(sb.String()), 0o644); err != nil {
+			dataErr = err
+			return
+		}
+		dataDir = filepath.Join(dir, "data")
+		_, dataErr = dataset.Prepare(context.Background(), dataset.PrepareOptions{Inputs: []string{in}, Out: dataDir, SeqLen: 32, ValFraction: 0})
+	})
+	if dataErr != nil {
+		t.Fatal(dataErr)
+	}
+	return dataDir
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// proc is one node process.
+type proc struct {
+	spec childSpec
+	cmd  *exec.Cmd
+	done chan error
+	log  *os.File
+}
+
+func start(t *testing.T, s childSpec) *proc {
+	t.Helper()
+	if s.Gossip == "" {
+		s.Gossip = freeAddr(t)
+	}
+	if s.GRPC == "" {
+		s.GRPC = freeAddr(t)
+	}
+	if err := os.MkdirAll(s.RunDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	raw, _ := json.Marshal(s)
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), childEnv+"="+string(raw))
+	lf, err := os.Create(filepath.Join(s.RunDir, "node.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stdout, cmd.Stderr = lf, lf
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	p := &proc{spec: s, cmd: cmd, done: make(chan error, 1), log: lf}
+	go func() { p.done <- cmd.Wait() }()
+	t.Cleanup(func() {
+		p.cmd.Process.Kill()
+		lf.Close()
+		if t.Failed() {
+			b, _ := os.ReadFile(lf.Name())
+			t.Logf("log of %s:\n%s", s.Name, tail(string(b), 4000))
+		}
+	})
+	return p
+}
+
+func tail(s string, n int) string {
+	if len(s) > n {
+		return s[len(s)-n:]
+	}
+	return s
+}
+
+// wait waits for the process to exit successfully.
+func (p *proc) wait(t *testing.T, d time.Duration) {
+	t.Helper()
+	select {
+	case err := <-p.done:
+		if err != nil {
+			t.Fatalf("%s exited: %v", p.spec.Name, err)
+		}
+	case <-time.After(d):
+		t.Fatalf("%s still running after %v", p.spec.Name, d)
+	}
+}
+
+// records reads the node's metrics.jsonl.
+func (p *proc) records(t *testing.T) []Record {
+	t.Helper()
+	recs, err := ReadRecordsFile(filepath.Join(p.spec.RunDir, "metrics.jsonl"))
+	if err != nil && !os.IsNotExist(err) {
+		t.Fatal(err)
+	}
+	return recs
+}
+
+// waitStep polls until the node has completed step.
+func (p *proc) waitStep(t *testing.T, step int64, d time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for time.Now().Before(deadline) {
+		if r := p.records(t); len(r) > 0 && r[len(r)-1].Step >= step {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("%s did not reach step %d within %v", p.spec.Name, step, d)
+}
+
+// losses maps step to loss.
+func losses(recs []Record) map[int64]float64 {
+	m := map[int64]float64{}
+	for _, r := range recs {
+		m[r.Step] = r.Loss
+	}
+	return m
+}
+
+// sampleRanges reads every node's sample log: step -> ranges.
+func sampleRanges(t *testing.T, dirs ...string) map[int64][][2]int64 {
+	t.Helper()
+	out := map[int64][][2]int64{}
+	for _, d := range dirs {
+		f, err := os.Open(filepath.Join(d, "samples.log"))
+		if err != nil {
+			if os.IsNotExist(err) {
+				continue
+			}
+			t.Fatal(err)
+		}
+		sc := bufio.NewScanner(f)
+		for sc.Scan() {
+			var step, lo, hi, gen int64
+			if _, err := fmt.Sscan(sc.Text(), &step, &lo, &hi, &gen); err != nil {
+				t.Fatalf("%s: %q: %v", d, sc.Text(), err)
+			}
+			out[step] = append(out[step], [2]int64{lo, hi})
+		}
+		f.Close()
+	}
+	return out
+}
+
+// checkExactlyOnce checks that the ranges of each step tile [s·B, (s+1)·B).
+func checkExactlyOnce(t *testing.T, ranges map[int64][][2]int64, steps, batch int) {
+	t.Helper()
+	for s := int64(0); s < int64(steps); s++ {
+		seen := make([]int, batch)
+		for _, r := range ranges[s] {
+			for k := r[0]; k < r[1]; k++ {
+				i := k - s*int64(batch)
+				if i < 0 || i >= int64(batch) {
+					t.Fatalf("step %d: sample %d is outside the step's range", s, k)
+				}
+				seen[i]++
+			}
+		}
+		for i, c := range seen {
+			if c != 1 {
+				t.Errorf("step %d: sample %d consumed %d times (ranges %v)", s, s*int64(batch)+int64(i), c, ranges[s])
+			}
+		}
+	}
+}
+
+func compareLosses(t *testing.T, got, want map[int64]float64, from int64, tol float64) {
+	t.Helper()
+	n := 0
+	for s, w := range want {
+		if s < from {
+			continue
+		}
+		g, ok := got[s]
+		if !ok {
+			continue
+		}
+		n++
+		if d := abs(g-w) / max(abs(w), 1e-12); d > tol {
+			t.Errorf("step %d: loss %.8g, reference %.8g (rel %.2g > %g)", s, g, w, d, tol)
+		}
+	}
+	if n == 0 {
+		t.Fatalf("no steps in common with the reference from step %d", from)
+	}
+}
+
+func abs(x float64) float64 {
+	if x < 0 {
+		return -x
+	}
+	return x
+}
