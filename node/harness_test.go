@@ -307,3 +307,14 @@ func abs(x float64) float64 {
 	}
 	return x
 }
+
+// textSource is the test dataset as an in-process Source.
+func textSource(t *testing.T) dataset.Source {
+	t.Helper()
+	l, err := dataset.Open(context.Background(), dataset.Options{Dir: testData(t), Seed: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	return l
+}
