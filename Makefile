@@ -5,12 +5,28 @@ PKGS     ?= ./...
 # Packages with goroutines of their own run under the race detector too.
 RACE_PKGS ?= ./allreduce/... ./cluster/... ./node/... ./checkpoint/... ./dataset/... ./shard/...
 
-.PHONY: all build test vet fmt bench deps clean
+.PHONY: all build test vet bench deps system-deps demo gpu-check-build clean
 
 all: build
 
+# Debian packages used at run time (OpenBLAS); installs them when root.
+system-deps:
+	@scripts/system-deps.sh
+
 build:
 	$(GO) build -o $(BIN) ./cmd/trainer
+
+# A seed and two joiners on 127.0.0.1 train on the Go standard library source
+# for a few minutes, checkpoint, and print a sample (scripts/demo.sh).
+demo: system-deps build
+	@scripts/demo.sh
+
+# Binaries that scripts/gpu-check.sh runs on a GPU machine (it builds nothing there).
+gpu-check-build:
+	mkdir -p bin
+	$(GO) build -trimpath -ldflags='-s -w' -o bin/trainer ./cmd/trainer
+	$(GO) test -c -trimpath -ldflags='-s -w' -o bin/cuda.test ./compute/cuda
+	$(GO) test -c -trimpath -ldflags='-s -w' -o bin/device.test ./compute/device
 
 deps:
 	$(GO) mod download
@@ -19,9 +35,9 @@ vet:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || (echo "gofmt needed:"; gofmt -l $$(git ls-files '*.go'); exit 1)
 	$(GO) vet $(PKGS)
 
-test: vet
+test: system-deps vet
 	$(GO) test -count=1 -timeout 20m $(PKGS)
-	$(GO) test -count=1 -race -timeout 20m $$($(GO) list $(RACE_PKGS) 2>/dev/null)
+	$(GO) test -count=1 -short -race -timeout 20m $$($(GO) list $(RACE_PKGS) 2>/dev/null)
 
 bench:
 	$(GO) test -run '^$$' -bench . -benchtime 3x $(PKGS)

@@ -13,8 +13,9 @@ import (
 //
 //	0  magic "DTAR"      4  version       5  kind     6  codec   7  zero
 //	8  generation u64   16  step u64     24  bucket u32
-//	28 hop u16 (index of the ring step, 0..2(n-1)-1)  30 from u16 (sender rank)
-//	32 chunk u32 (abort: rank where the failure began)  36 count u32 (elements)
+//	28 hop u16 (index of the ring step, 0..2(n-1)-1; abort: rank blamed)
+//	30 from u16 (sender rank)
+//	32 chunk u32 (abort: rank that saw the failure)  36 count u32 (elements)
 //	40 payload length u32  44 CRC-32C of the payload
 //
 // The CRC covers the payload only, so that a member forwarding an all-gather
@@ -34,7 +35,7 @@ var magic = [4]byte{'D', 'T', 'A', 'R'}
 const (
 	kindData  = 1
 	kindAbort = 2
-	kindBeat  = 3 // "still here, waiting for my left neighbour"
+	kindBeat  = 3 // heartbeat: "alive, waiting for my left neighbour"
 )
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)

@@ -117,9 +117,6 @@ func (e *PeerError) Error() string {
 
 func (e *PeerError) Unwrap() error { return e.Err }
 
-// ErrStaleGeneration marks messages refused for carrying an older generation.
-var ErrStaleGeneration = errors.New("message from a stale generation")
-
 // Stats counts a Reducer's traffic since it was made.
 type Stats struct {
 	SentBytes, RecvBytes uint64 // message bytes, headers included

@@ -10,7 +10,8 @@ import (
 
 // The ring, for n members and a bucket x of N elements: x is cut into n
 // segments, segment j being x[j·N/n : (j+1)·N/n], and each segment into
-// chunks of at most r.chunk elements, one message each. There are 2(n−1)
+// chunks (Config.ChunkBytes, smaller for small buckets so that at least
+// four chunks pipeline through each segment), one message each. There are 2(n−1)
 // hops; at hop t member r sends segment (r−t) mod n to its right neighbour
 // and receives segment (r−t−1) mod n from its left one. In the first n−1
 // hops (reduce-scatter) it adds what it receives to its own values; at the
@@ -126,6 +127,7 @@ type ring struct {
 	bucket      uint32
 	x, resid    []float32
 	n, rank     int
+	chunk       int // elements per message
 	left, right Peer
 	link        Link
 }
@@ -140,14 +142,26 @@ func (g *ring) seg(j int) (lo, hi int) {
 
 func (g *ring) chunks(j int) int {
 	lo, hi := g.seg(j)
-	return (hi - lo + g.r.chunk - 1) / g.r.chunk
+	return (hi - lo + g.chunk - 1) / g.chunk
+}
+
+// minChunk is the smallest message chunkFor picks, in elements (64 KiB).
+const minChunk = 16 << 10
+
+// chunkFor returns the elements per message for a bucket of N elements over
+// n members: at most limit, and small enough that a segment is at least four
+// messages (so that small buckets pipeline too), but not below minChunk (or
+// limit if smaller). A multiple of Int8Block, and the same on every member.
+func chunkFor(N, n, limit int) int {
+	c := (N/n/4 + Int8Block - 1) / Int8Block * Int8Block
+	return max(min(limit, minChunk), min(limit, c))
 }
 
 // reduce sums one bucket x (at offset off of the flat buffer) over the ring.
 func (r *Reducer) reduce(ctx context.Context, gen Generation, step uint64, bucket uint32, x []float32, off int) error {
 	n := len(gen.Members)
 	g := &ring{r: r, gen: gen, step: step, bucket: bucket, x: x, n: n, rank: gen.Rank,
-		left: gen.peer(gen.Rank - 1), right: gen.peer(gen.Rank + 1)}
+		left: gen.peer(gen.Rank - 1), right: gen.peer(gen.Rank + 1), chunk: chunkFor(len(x), n, r.chunk)}
 	if r.resid != nil {
 		for i, e := range r.resid[off : off+len(x)] {
 			x[i] += e
@@ -228,8 +242,8 @@ func (g *ring) send(ctx context.Context) error {
 	for t := 0; t < 2*(g.n-1); t++ {
 		j := mod(g.rank-t, g.n)
 		lo, hi := g.seg(j)
-		for c := 0; lo+c*r.chunk < hi; c++ {
-			clo, chi := lo+c*r.chunk, min(lo+(c+1)*r.chunk, hi)
+		for c := 0; lo+c*g.chunk < hi; c++ {
+			clo, chi := lo+c*g.chunk, min(lo+(c+1)*g.chunk, hi)
 			var f *Frame
 			for t > 0 {
 				fw, err := r.prog.wait(r.prefix[t-1]+c+1, t >= g.n)
@@ -325,8 +339,8 @@ func (g *ring) receive(ctx context.Context) error {
 	for t := 0; t < hops; t++ {
 		j := mod(g.rank-t-1, g.n)
 		lo, hi := g.seg(j)
-		for c := 0; lo+c*r.chunk < hi; c++ {
-			clo, chi := lo+c*r.chunk, min(lo+(c+1)*r.chunk, hi)
+		for c := 0; lo+c*g.chunk < hi; c++ {
+			clo, chi := lo+c*g.chunk, min(lo+(c+1)*g.chunk, hi)
 			f, h, p, err := g.next(ctx, timer)
 			if err != nil {
 				return err

@@ -404,3 +404,18 @@ func TestReadyMisuse(t *testing.T) {
 		})
 	}
 }
+
+func TestChunkFor(t *testing.T) {
+	cases := []struct{ N, n, limit, want int }{
+		{1 << 20, 2, 128 << 10, 128 << 10}, // large bucket: the configured size
+		{1 << 18, 2, 128 << 10, 32 << 10},  // small bucket: four chunks per segment
+		{1 << 10, 4, 128 << 10, minChunk},  // tiny bucket: not below the minimum
+		{1 << 10, 4, Int8Block, Int8Block}, // unless the limit is lower
+		{1_000_003, 3, 128 << 10, 83_456},  // a multiple of the int8 block
+	}
+	for _, c := range cases {
+		if got := chunkFor(c.N, c.n, c.limit); got != c.want || got%Int8Block != 0 {
+			t.Errorf("chunkFor(%d, %d, %d) = %d, want %d", c.N, c.n, c.limit, got, c.want)
+		}
+	}
+}

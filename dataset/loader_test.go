@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -150,9 +151,9 @@ func TestLoaderResume(t *testing.T) {
 
 func TestLoaderBadDataset(t *testing.T) {
 	for _, tc := range []struct {
-		name  string
+		name   string
 		break_ func(t *testing.T, dir string, m *shard.Manifest)
-		err   string
+		err    string
 	}{
 		{"missing shard", func(t *testing.T, dir string, m *shard.Manifest) {
 			os.Remove(filepath.Join(dir, m.Shards[1].Name))
@@ -419,4 +420,36 @@ func TestLoaderPeerRows(t *testing.T) {
 	if st := l.Stats(); st.Remote != 40 {
 		t.Fatalf("stats %+v: rows fetched remotely after the shards arrived", st)
 	}
+}
+
+// BenchmarkLoaderSample draws global steps of 4 from local shards, as
+// `trainer bench data` does.
+func BenchmarkLoaderSample(b *testing.B) {
+	dir := b.TempDir()
+	root := filepath.Join(b.TempDir(), "c")
+	os.MkdirAll(root, 0o755)
+	for i := range 64 {
+		os.WriteFile(filepath.Join(root, strconv.Itoa(i)+".txt"), bytes.Repeat([]byte(strconv.Itoa(i)+" lorem ipsum dolor\n"), 2000), 0o644)
+	}
+	if _, err := Prepare(context.Background(), PrepareOptions{Inputs: []string{root}, Out: dir, SeqLen: 256}); err != nil {
+		b.Fatal(err)
+	}
+	l, err := Open(context.Background(), Options{Dir: dir, Seed: 1})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer l.Close()
+	dst := make([]int32, 256)
+	b.SetBytes(256 * 4)
+	k := int64(0)
+	for b.Loop() {
+		l.Prefetch(k+4, k+8)
+		for range 4 {
+			if err := l.Sample(k, dst); err != nil {
+				b.Fatal(err)
+			}
+			k++
+		}
+	}
+	b.ReportMetric(float64(k)/b.Elapsed().Seconds(), "seq/s")
 }

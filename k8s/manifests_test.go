@@ -138,6 +138,11 @@ func checkJob(t *testing.T, o *Objects, job *batchv1.Job) {
 	if s.Completions == nil || s.Parallelism == nil || *s.Completions != *s.Parallelism || *s.Parallelism < 1 {
 		t.Errorf("completions %v, parallelism %v: want equal and positive", s.Completions, s.Parallelism)
 	}
+	// A new ring needs a majority of the previous one's members: a ring of
+	// two that loses one never recovers.
+	if s.Parallelism != nil && *s.Parallelism < 3 {
+		t.Errorf("parallelism %d: a ring of fewer than 3 cannot survive the loss of a pod", *s.Parallelism)
+	}
 	if s.Template.Spec.RestartPolicy != corev1.RestartPolicyNever {
 		t.Errorf("restartPolicy %q: podFailurePolicy needs Never", s.Template.Spec.RestartPolicy)
 	}

@@ -10,6 +10,7 @@ package k8s
 
 import (
 	"fmt"
+	"os"
 	"path/filepath"
 	"runtime"
 
@@ -23,14 +24,27 @@ import (
 // Kustomizations are the deployable roots, relative to Dir.
 var Kustomizations = []string{"base", "overlays/cpu", "overlays/gpu"}
 
-// Dir returns the directory of the manifests (this package's source
-// directory).
+// Dir returns the directory of the manifests: this package's source
+// directory, or (in a -trimpath build) k8s/ under the module root above the
+// working directory.
 func Dir() string {
-	_, file, _, ok := runtime.Caller(0)
-	if !ok {
-		return "."
+	if _, file, _, ok := runtime.Caller(0); ok && filepath.IsAbs(file) {
+		return filepath.Dir(file)
 	}
-	return filepath.Dir(file)
+	dir, err := os.Getwd()
+	if err != nil {
+		return "k8s"
+	}
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+			return filepath.Join(dir, "k8s")
+		}
+		up := filepath.Dir(dir)
+		if up == dir {
+			return "k8s"
+		}
+		dir = up
+	}
 }
 
 // Objects is a rendered kustomization, decoded into the API types.

@@ -260,7 +260,13 @@ func (n *Node) dataPeer() string {
 }
 
 func (n *Node) close() {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	// After a finished run every member leaves at once, so no ring without
+	// this one will form: don't wait long for it.
+	wait := 10 * time.Second
+	if n.tr != nil && n.step >= int64(n.cfg.Steps) {
+		wait = 2 * time.Second
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
 	defer cancel()
 	if n.ckpt != nil {
 		if err := n.ckpt.Close(); err != nil {

@@ -14,10 +14,12 @@
 # in all, under 8):
 #   1. environment: nvidia-smi, glibc, where the CUDA libraries are;
 #   2. bin/cuda.test: loading, NVRTC compilation for this GPU, the conformance
-#      suite, CPU-vs-GPU parity of every op forward and backward (fp32 1e-5,
-#      tf32/bf16 1e-2), training-shape and seq-1024 attention parity,
-#      determinism, pinned/asynchronous/bf16/int8 downloads. DIFFTRAIN_REQUIRE_GPU
-#      makes a backend that does not open a failure, not a skip;
+#      suite, CPU-vs-GPU parity of every op forward and backward (fp32 1e-5;
+#      tf32/bf16 1e-2 normwise at training shapes), seq-1024 attention parity,
+#      determinism (bitwise), pinned/asynchronous/bf16/int8 downloads.
+#      DIFFTRAIN_REQUIRE_GPU makes a backend that does not open a failure, not
+#      a skip (and skips the CPU-emulator test, which is for machines without
+#      a GPU);
 #   3. bin/device.test: --device auto picks the GPU;
 #   4. Go benchmarks of GEMM, attention, loss and embedding backward;
 #   5. bin/trainer bench step for L12-d768-H12, seq 1024, vocab 50304, batch 8
@@ -89,13 +91,27 @@ grep -E 'relative error|NVRTC [0-9]' "$OUT/cuda-tests.log" | head -5 >>"$SUMMARY
 step go-bench 60 bin/cuda.test -test.run '^$' -test.bench . -test.benchtime 20x
 grep -E '^Benchmark' "$OUT/go-bench.log" | tee -a "$SUMMARY"
 
-# 5. Whole training steps.
+# 5. Whole training steps. MFU is against the vendor's dense peak for this
+# GPU (the table of compute/cuda's peakTFLOPS) when it is known, else against
+# the GEMM rate that bench step measures itself.
+gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
+peak() { # precision -> dense TFLOP/s, empty when unknown
+	case "$gpu" in
+	*H100\ PCIe*) set -- "$1" 51 378 756 ;;
+	*H100\ NVL*) set -- "$1" 60 417.5 835 ;;
+	*H200* | *H100* | *GH200*) set -- "$1" 67 494.7 989.4 ;;
+	*A100*) set -- "$1" 19.5 156 312 ;;
+	*) return ;;
+	esac
+	case "$1" in fp32) echo "$2" ;; tf32) echo "$3" ;; bf16) echo "$4" ;; esac
+}
 for p in fp32 tf32 bf16; do
+	pk=$(peak "$p")
 	step "bench-step-$p" 45 bin/trainer bench step --device cuda --precision "$p" --layers 12 --dim 768 \
-		--heads 12 --seq 1024 --vocab 50304 --batch 8 --steps 10 --json
+		--heads 12 --seq 1024 --vocab 50304 --batch 8 --steps 10 --json ${pk:+--peak-tflops "$pk"}
 	# The JSON object is the last line that starts with '{'.
 	grep '^{' "$OUT/bench-step-$p.log" | tail -1 >"$OUT/bench-step-$p.json"
-	log "  $p: $(cat "$OUT/bench-step-$p.json")"
+	log "  $p (peak ${pk:-measured GEMM} TFLOP/s): $(cat "$OUT/bench-step-$p.json")"
 done
 
 if [ $failed -ne 0 ]; then

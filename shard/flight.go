@@ -40,8 +40,9 @@ type FlightServer struct {
 	flight.BaseFlightServer
 	dir string
 
-	mu   sync.Mutex
-	open map[string]*served
+	mu     sync.Mutex
+	open   map[string]*served
+	closed bool
 }
 
 type served struct {
@@ -63,13 +64,36 @@ func NewFlightServer(dir string) *FlightServer {
 func RegisterFlight(s *grpc.Server, dir string) *FlightServer {
 	fs := NewFlightServer(dir)
 	flight.RegisterFlightServiceServer(s, fs)
+	go fs.Warm()
 	return fs
+}
+
+// Warm opens and verifies the shards present now, so that the first
+// request for each does not wait for its checksum. Errors are left for the
+// requests to report.
+func (s *FlightServer) Warm() {
+	m, _, err := s.manifest()
+	if err != nil {
+		return
+	}
+	for _, si := range m.Shards {
+		s.mu.Lock()
+		done := s.closed
+		s.mu.Unlock()
+		if done {
+			return
+		}
+		if sv, err := s.acquire(m, si); err == nil {
+			s.release(sv)
+		}
+	}
 }
 
 // Close releases the memory maps of the shards served so far.
 func (s *FlightServer) Close() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.closed = true
 	for name, sv := range s.open {
 		sv.stale = true
 		if sv.users == 0 {
@@ -81,6 +105,9 @@ func (s *FlightServer) Close() error {
 }
 
 func (s *FlightServer) manifest() (*Manifest, []byte, error) {
+	if s.dir == "" {
+		return nil, nil, status.Errorf(codes.NotFound, "no dataset manifest here (no data directory)")
+	}
 	data, err := os.ReadFile(filepath.Join(s.dir, ManifestName))
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
@@ -188,6 +215,9 @@ func (s *FlightServer) acquire(m *Manifest, si Info) (*served, error) {
 			sv.r.Close()
 		}
 		delete(s.open, si.Name)
+	}
+	if s.closed {
+		return nil, status.Error(codes.Unavailable, "flight server closed")
 	}
 	r, err := Open(p, m.Expect(si))
 	if err != nil {
@@ -372,7 +402,7 @@ func (c *FlightClient) Fetch(ctx context.Context, m *Manifest, s Info, dir strin
 
 // checked vets each Flight message from a peer before the Arrow decoder,
 // which trusts lengths, sees it.
-type checked struct{ s flight.FlightService_DoGetClient }
+type checked struct{ s flight.DataStreamReader }
 
 func (c checked) Recv() (*flight.FlightData, error) {
 	d, err := c.s.Recv()
@@ -444,12 +474,7 @@ func (c *FlightClient) fetch(ctx context.Context, m *Manifest, s Info, dir strin
 // returns their tokens, flat. Unlike Fetch, this is not checked against the
 // shard's sha256 (the rows are checked for shape and token range); it lets a
 // node that is still fetching a shard read from it at once. No retries.
-func (c *FlightClient) FetchRows(ctx context.Context, m *Manifest, s Info, lo, hi int64) (out []int32, err error) {
-	defer func() {
-		if p := recover(); p != nil {
-			out, err = nil, fmt.Errorf("peer %s: shard %s: malformed Arrow stream: %v", c.addr, s.Name, p)
-		}
-	}()
+func (c *FlightClient) FetchRows(ctx context.Context, m *Manifest, s Info, lo, hi int64) ([]int32, error) {
 	if lo < 0 || hi <= lo || hi > s.Sequences || hi-lo > maxRowsTicket {
 		return nil, fmt.Errorf("shard %s: rows [%d, %d) out of range", s.Name, lo, hi)
 	}
@@ -459,34 +484,49 @@ func (c *FlightClient) FetchRows(ctx context.Context, m *Manifest, s Info, lo, h
 	if err != nil {
 		return nil, grpcErr(c.addr, err)
 	}
+	out, err := decodeRows(stream, m.Expect(s), hi-lo)
+	if err != nil {
+		return nil, fmt.Errorf("peer %s: shard %s: %w", c.addr, s.Name, err)
+	}
+	return out, nil
+}
+
+// decodeRows reads a row-range stream of n rows from a peer and returns the
+// tokens, flat, checked against want.
+func decodeRows(stream flight.DataStreamReader, want Expect, n int64) (out []int32, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			out, err = nil, fmt.Errorf("malformed Arrow stream: %v", p)
+		}
+	}()
 	rd, err := flight.NewRecordReader(checked{stream})
 	if err != nil {
-		return nil, grpcErr(c.addr, err)
+		return nil, err
 	}
 	defer rd.Release()
 	meta, err := metaFromSchema(rd.Schema())
 	if err == nil {
-		err = meta.matches(m.Expect(s))
+		err = meta.matches(want)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("peer %s: shard %s: %w", c.addr, s.Name, err)
+		return nil, err
 	}
-	out = make([]int32, 0, int(hi-lo)*meta.SeqLen)
-	tmp := &Reader{name: s.Name, meta: meta}
+	tmp := &Reader{meta: meta}
 	for rd.Next() {
-		if len(tmp.recs)+len(tmp.u16)+len(tmp.i32) > 0 {
-			return nil, fmt.Errorf("peer %s: shard %s: more than one record batch for a row range", c.addr, s.Name)
+		if tmp.n > 0 {
+			return nil, errors.New("more than one record batch for a row range")
 		}
 		if err := tmp.addBatch(0, 1, rd.RecordBatch()); err != nil {
-			return nil, fmt.Errorf("peer %s: shard %s: %w", c.addr, s.Name, err)
+			return nil, err
 		}
 	}
 	if err := rd.Err(); err != nil {
-		return nil, grpcErr(c.addr, err)
+		return nil, err
 	}
-	if tmp.n != hi-lo {
-		return nil, fmt.Errorf("peer %s: shard %s: got %d rows, asked for %d", c.addr, s.Name, tmp.n, hi-lo)
+	if tmp.n != n {
+		return nil, fmt.Errorf("got %d rows, asked for %d", tmp.n, n)
 	}
+	out = make([]int32, 0, int(n)*meta.SeqLen)
 	seq := make([]int32, meta.SeqLen)
 	for i := range tmp.n {
 		tmp.readAt(i, seq)

@@ -2,12 +2,14 @@ package shard
 
 import (
 	"context"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/apache/arrow-go/v18/arrow/flight"
 	"google.golang.org/grpc"
 )
 
@@ -158,4 +160,71 @@ func TestParseTicket(t *testing.T) {
 			t.Errorf("parseTicket(%q): whole %v, err %v", tc.in, whole, err)
 		}
 	}
+}
+
+// fakeStream replays Flight data messages.
+type fakeStream []*flight.FlightData
+
+func (f *fakeStream) Recv() (*flight.FlightData, error) {
+	if len(*f) == 0 {
+		return nil, io.EOF
+	}
+	d := (*f)[0]
+	*f = (*f)[1:]
+	return d, nil
+}
+
+// recordStream captures the Flight messages a server sends for rows.
+type recordStream struct {
+	grpc.ServerStream
+	msgs []*flight.FlightData
+}
+
+func (r *recordStream) Send(d *flight.FlightData) error { r.msgs = append(r.msgs, d); return nil }
+func (r *recordStream) Context() context.Context        { return context.Background() }
+
+// FuzzFlightRows feeds a peer's row-range stream, its messages (header and
+// body) mutated, to the client's decoder.
+func FuzzFlightRows(f *testing.F) {
+	meta := testMeta(260)
+	p, info, _ := writeShard(f, f.TempDir(), "a.arrow", meta, 9)
+	r, err := Open(p, Expect{Sequences: info.Sequences})
+	if err != nil {
+		f.Fatal(err)
+	}
+	defer r.Close()
+	var rs recordStream
+	if err := sendRows(&rs, r, 2, 5); err != nil {
+		f.Fatal(err)
+	}
+	if len(rs.msgs) != 2 {
+		f.Fatalf("%d messages, want schema and one batch", len(rs.msgs))
+	}
+	f.Add(rs.msgs[0].DataHeader, rs.msgs[1].DataHeader, rs.msgs[1].DataBody)
+	f.Fuzz(func(t *testing.T, schema, header, body []byte) {
+		s := fakeStream{{DataHeader: schema}, {DataHeader: header, DataBody: body}}
+		out, err := decodeRows(&s, Expect{SeqLen: 16, Vocab: 260}, 3)
+		if err != nil {
+			return
+		}
+		if len(out) != 3*16 {
+			t.Fatalf("%d tokens for 3 rows of 16", len(out))
+		}
+		for _, tok := range out {
+			if tok < 0 || tok >= 260 {
+				t.Fatalf("token %d accepted", tok)
+			}
+		}
+	})
+}
+
+func FuzzParseTicket(f *testing.F) {
+	f.Add([]byte("train-00000.arrow"))
+	f.Add([]byte("train-00000.arrow:3:9"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		name, lo, hi, whole, err := parseTicket(b)
+		if err == nil && !whole && (lo < 0 || hi <= lo || hi-lo > maxRowsTicket || strings.Contains(name, ":")) {
+			t.Fatalf("parseTicket(%q) accepted rows [%d, %d) of %q", b, lo, hi, name)
+		}
+	})
 }

@@ -2,7 +2,7 @@ package shard
 
 import (
 	"crypto/sha256"
-		"encoding/hex"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
@@ -272,4 +272,3 @@ func (r *Reader) release() {
 	}
 	r.recs, r.u16, r.i32 = nil, nil, nil
 }
-

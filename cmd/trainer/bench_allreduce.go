@@ -12,13 +12,11 @@ package main
 import (
 	"bufio"
 	"context"
-	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"math"
-	"net"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -32,6 +30,7 @@ import (
 
 	"github.com/difftrain/difftrain/allreduce"
 	"github.com/difftrain/difftrain/allreduce/netns"
+	"github.com/difftrain/difftrain/allreduce/ringbench"
 	"github.com/spf13/cobra"
 )
 
@@ -83,7 +82,7 @@ Times are the max over members of each call (after a barrier), median of the rep
 		Short: "one member of `bench allreduce` (reads its plan on stdin)",
 	}
 	listen := worker.Flags().String("listen", "127.0.0.1:0", "address to listen on")
-	worker.RunE = func(cmd *cobra.Command, args []string) error { return arWorker(*listen) }
+	worker.RunE = func(cmd *cobra.Command, args []string) error { return ringbench.Worker(*listen, os.Stdin, os.Stdout) }
 	benchCmd.AddCommand(worker)
 
 	tcp := &cobra.Command{
@@ -95,43 +94,14 @@ Times are the max over members of each call (after a barrier), median of the rep
 	tm := tcp.Flags().Int("mib", 512, "MiB to send")
 	tcp.RunE = func(cmd *cobra.Command, args []string) error {
 		if *tl != "" {
-			return tcpServe(*tl)
+			return ringbench.TCPServe(*tl, os.Stdout)
 		}
 		if *tc != "" {
-			return tcpSend(*tc, *tm)
+			return ringbench.TCPSend(*tc, *tm, os.Stdout)
 		}
 		return errors.New("allreduce-tcp: give --listen or --connect")
 	}
 	benchCmd.AddCommand(tcp)
-}
-
-// arPlan is what the coordinator sends each worker.
-type arPlan struct {
-	Members   []allreduce.Peer
-	Rank      int
-	Sizes     []int
-	Codecs    []string
-	Reps      int
-	BucketMiB float64
-	ChunkKiB  int
-	Deadline  time.Duration
-}
-
-// arResult is one worker's line for one (size, codec).
-type arResult struct {
-	MiB   int
-	Codec string
-	Times []float64 // seconds per timed call
-	Wire  uint64    // message bytes this member sent per call
-	OK    bool      // sampled elements match the exact sum within the codec's bound
-	Err   string
-}
-
-func repsFor(mib, fixed int) int {
-	if fixed > 0 {
-		return fixed
-	}
-	return max(3, min(20, 512/max(1, mib)))
 }
 
 // process is a child process with its stdio.
@@ -268,46 +238,54 @@ func runARBench(ctx context.Context, f arBenchFlags) error {
 		where = "namespace 0 -> 1"
 	}
 	fmt.Printf("# bucket %.4g MiB, chunk %d KiB; GB = 1e9 bytes; time = max over members, median of reps\n", f.bucketMiB, f.chunkKiB)
-	fmt.Printf("# busbw = algbw*2(n-1)/n; bus/tcp = busbw / raw TCP measured just before the world's runs;\n")
+	fmt.Printf("# busbw = algbw*2(n-1)/n; bus/tcp = busbw / raw TCP measured just before the size's runs;\n")
 	fmt.Printf("# wire/fp32 = bytes a member sent / 2(n-1)/n*size; speedup = time(none)/time(codec)\n")
 	for _, n := range f.worlds {
-		// The machine is shared: measure the ceiling next to each world's runs.
-		tcp, err := measureTCP(e, f.tcpMiB)
-		if err != nil {
-			return fmt.Errorf("raw TCP ceiling: %w", err)
-		}
-		fmt.Printf("# world %d: raw TCP, one connection between two processes (%s), %d MiB x 3: median %.3f GB/s\n", n, where, f.tcpMiB, tcp)
 		fmt.Printf("%5s %6s %-10s %4s %10s %10s %10s %8s %10s %8s %8s %5s\n",
 			"world", "MiB", "codec", "reps", "median_ms", "algbw", "busbw", "bus/tcp", "wire_MiB", "wire/fp32", "speedup", "check")
-		base := map[int]float64{} // none's median time per size
-		err = runWorld(e, n, f, func(r arRow) {
-			if r.codec == allreduce.CodecNone {
-				base[r.mib] = r.med
+		tcps := map[int]float64{}
+		for _, mib := range f.sizes {
+			// The machine is shared and its load changes by the minute:
+			// measure the ceiling next to each size's runs.
+			tcp, err := measureTCP(e, f.tcpMiB)
+			if err != nil {
+				return fmt.Errorf("raw TCP ceiling: %w", err)
 			}
-			bytes := float64(r.mib) * (1 << 20)
-			alg := bytes / r.med / 1e9
-			bus := alg * 2 * float64(n-1) / float64(n)
-			ideal := bytes * 2 * float64(n-1) / float64(n) // fp32 bytes a member sends
-			ratio, speed := "-", "-"
-			if ideal > 0 && r.wire > 0 {
-				ratio = fmt.Sprintf("%.3f", r.wire/ideal)
+			tcps[mib] = tcp
+			fmt.Printf("# world %d, %d MiB: raw TCP, one connection between two processes (%s), %d MiB x 3: median %.3f GB/s\n",
+				n, mib, where, f.tcpMiB, tcp)
+			var base float64 // none's median time
+			one := f
+			one.sizes = []int{mib}
+			err = runWorld(e, n, one, func(r arRow) {
+				if r.codec == allreduce.CodecNone {
+					base = r.med
+				}
+				bytes := float64(r.mib) * (1 << 20)
+				alg := bytes / r.med / 1e9
+				bus := alg * 2 * float64(n-1) / float64(n)
+				ideal := bytes * 2 * float64(n-1) / float64(n) // fp32 bytes a member sends
+				ratio, speed := "-", "-"
+				if ideal > 0 && r.wire > 0 {
+					ratio = fmt.Sprintf("%.3f", r.wire/ideal)
+				}
+				if base > 0 {
+					speed = fmt.Sprintf("%.2f", base/r.med)
+				}
+				check := "ok"
+				if !r.ok {
+					check = "FAIL"
+				}
+				fmt.Printf("%5d %6d %-10s %4d %10.2f %10.3f %10.3f %8.2f %10.1f %8s %8s %5s\n",
+					n, r.mib, r.codec, r.reps, r.med*1e3, alg, bus, bus/tcp, r.wire/(1<<20), ratio, speed, check)
+			})
+			if err != nil {
+				return fmt.Errorf("world %d: %w", n, err)
 			}
-			if b := base[r.mib]; b > 0 {
-				speed = fmt.Sprintf("%.2f", b/r.med)
-			}
-			check := "ok"
-			if !r.ok {
-				check = "FAIL"
-			}
-			fmt.Printf("%5d %6d %-10s %4d %10.2f %10.3f %10.3f %8.2f %10.1f %8s %8s %5s\n",
-				n, r.mib, r.codec, r.reps, r.med*1e3, alg, bus, bus/tcp, r.wire/(1<<20), ratio, speed, check)
-		})
-		if err != nil {
-			return fmt.Errorf("world %d: %w", n, err)
-		}
-		if f.mpi != "" {
-			if err := runMPI(f.mpi, n, f.sizes, tcp); err != nil {
-				return fmt.Errorf("mpi world %d: %w", n, err)
+			if f.mpi != "" {
+				if err := runMPI(f.mpi, n, mib, tcp); err != nil {
+					return fmt.Errorf("mpi world %d: %w", n, err)
+				}
 			}
 		}
 	}
@@ -350,7 +328,7 @@ func runWorld(e env, n int, f arBenchFlags, emit func(arRow)) error {
 		members = append(members, allreduce.Peer{Name: fmt.Sprintf("w%d", i), Addr: addr})
 	}
 	for i, p := range procs {
-		plan := arPlan{Members: members, Rank: i, Sizes: f.sizes, Codecs: f.codecs, Reps: f.reps,
+		plan := ringbench.Plan{Members: members, Rank: i, Sizes: f.sizes, Codecs: f.codecs, Reps: f.reps,
 			BucketMiB: f.bucketMiB, ChunkKiB: f.chunkKiB, Deadline: f.deadline}
 		b, _ := json.Marshal(plan)
 		if _, err := fmt.Fprintf(p.in, "%s\n", b); err != nil {
@@ -358,7 +336,7 @@ func runWorld(e env, n int, f arBenchFlags, emit func(arRow)) error {
 		}
 	}
 	for range len(f.sizes) * len(f.codecs) {
-		results := make([]arResult, n)
+		results := make([]ringbench.Result, n)
 		errs := make([]error, n)
 		var wg sync.WaitGroup
 		for i, p := range procs {
@@ -437,70 +415,9 @@ func measureTCP(e env, mib int) (float64, error) {
 	return median(runs), nil
 }
 
-func tcpServe(addr string) error {
-	lis, err := net.Listen("tcp", addr)
-	if err != nil {
-		return err
-	}
-	fmt.Println(lis.Addr().String())
-	c, err := lis.Accept()
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	buf := make([]byte, 4<<20)
-	var total uint64
-	for {
-		k, err := c.Read(buf)
-		total += uint64(k)
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			return err
-		}
-	}
-	return binary.Write(c, binary.LittleEndian, total)
-}
-
-func tcpSend(addr string, mib int) error {
-	c, err := net.Dial("tcp", addr)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	buf := make([]byte, 4<<20)
-	for i := range buf {
-		buf[i] = byte(i)
-	}
-	want := uint64(mib) << 20
-	t0 := time.Now()
-	for sent := uint64(0); sent < want; {
-		k, err := c.Write(buf[:min(uint64(len(buf)), want-sent)])
-		if err != nil {
-			return err
-		}
-		sent += uint64(k)
-	}
-	c.(*net.TCPConn).CloseWrite()
-	var got uint64
-	if err := binary.Read(c, binary.LittleEndian, &got); err != nil {
-		return fmt.Errorf("read acknowledgement: %w", err)
-	}
-	dt := time.Since(t0).Seconds()
-	if got != want {
-		return fmt.Errorf("server received %d bytes of %d", got, want)
-	}
-	fmt.Printf("%.4f\n", float64(want)/dt/1e9)
-	return nil
-}
-
-// runMPI runs the OpenMPI baseline and prints its rows in the same table.
-func runMPI(bin string, n int, sizes []int, tcp float64) error {
-	args := []string{"--allow-run-as-root", "--oversubscribe", "--mca", "btl", "self,tcp", "-np", strconv.Itoa(n), bin}
-	for _, s := range sizes {
-		args = append(args, strconv.Itoa(s))
-	}
+// runMPI runs the OpenMPI baseline and prints its row in the same table.
+func runMPI(bin string, n, mib int, tcp float64) error {
+	args := []string{"--allow-run-as-root", "--oversubscribe", "--mca", "btl", "self,tcp", "-np", strconv.Itoa(n), bin, strconv.Itoa(mib)}
 	cmd := exec.Command("mpirun", args...)
 	cmd.Stderr = os.Stderr
 	out, err := cmd.Output()
@@ -521,137 +438,4 @@ func runMPI(bin string, n int, sizes []int, tcp float64) error {
 			n, fs[1], "openmpi", fs[2], med, alg, bus, bus/tcp, "-", "-", "-", check)
 	}
 	return nil
-}
-
-// arWorker is one ring member: it prints its address, reads its plan and
-// prints one arResult line per (size, codec).
-func arWorker(listen string) error {
-	t, stop, err := allreduce.ListenGRPC(listen)
-	if err != nil {
-		return err
-	}
-	defer stop()
-	defer t.Close()
-	fmt.Printf("addr %s\n", t.Addr())
-	line, err := bufio.NewReader(os.Stdin).ReadBytes('\n')
-	if err != nil {
-		return fmt.Errorf("read plan: %w", err)
-	}
-	var plan arPlan
-	if err := json.Unmarshal(line, &plan); err != nil {
-		return fmt.Errorf("plan: %w", err)
-	}
-	gen := allreduce.Generation{ID: 1, Members: plan.Members, Rank: plan.Rank}
-	n := len(plan.Members)
-	barrier, err := allreduce.New(t, 1, allreduce.Config{Deadline: plan.Deadline})
-	if err != nil {
-		return err
-	}
-	one := make([]float32, 1)
-	var step uint64
-	sync := func(ctx context.Context) error {
-		step++
-		return barrier.Allreduce(ctx, gen, step, one)
-	}
-	ctx := context.Background()
-	out := json.NewEncoder(os.Stdout)
-	for _, mib := range plan.Sizes {
-		count := mib << 20 / 4
-		pristine := make([]float32, count)
-		for i := range pristine {
-			pristine[i] = gradValue(plan.Rank, i)
-		}
-		grad := make([]float32, count)
-		for _, codec := range plan.Codecs {
-			res := arResult{MiB: mib, Codec: codec}
-			bucket := int(plan.BucketMiB * (1 << 20))
-			if bucket <= 0 {
-				bucket = count * 4
-			}
-			r, err := allreduce.New(t, count, allreduce.Config{Codec: codec, BucketBytes: bucket,
-				ChunkBytes: plan.ChunkKiB << 10, Deadline: plan.Deadline})
-			if err != nil {
-				return err
-			}
-			reps := repsFor(mib, plan.Reps)
-			for w := range 2 + reps {
-				copy(grad, pristine)
-				if err = sync(ctx); err != nil {
-					break
-				}
-				step++
-				s0 := r.Stats().SentBytes
-				t0 := time.Now()
-				if err = r.Allreduce(ctx, gen, step, grad); err != nil {
-					break
-				}
-				if w >= 2 {
-					res.Times = append(res.Times, time.Since(t0).Seconds())
-					res.Wire = r.Stats().SentBytes - s0
-				}
-			}
-			if err != nil {
-				res.Err = err.Error()
-			} else {
-				res.OK = checkSum(grad, codec, n)
-			}
-			if err := out.Encode(res); err != nil {
-				return err
-			}
-			if res.Err != "" {
-				return errors.New(res.Err)
-			}
-		}
-	}
-	// Leave together: no member exits while another still reads from it.
-	return sync(ctx)
-}
-
-// gradValue is a deterministic gradient-like value of member rank at index
-// i: roughly normal, with a scale that changes every 64 Ki elements (layers
-// differ by orders of magnitude).
-func gradValue(rank, i int) float32 {
-	z := uint64(rank)<<40 ^ uint64(i)
-	z += 0x9e3779b97f4a7c15
-	z = (z ^ z>>30) * 0xbf58476d1ce4e5b9
-	z = (z ^ z>>27) * 0x94d049bb133111eb
-	z ^= z >> 31
-	u := float64(z>>43)/float64(1<<21) + float64(z>>22&(1<<21-1))/float64(1<<21) + float64(z&(1<<21-1))/float64(1<<21)
-	return float32((u - 1.5) * 2 * gradScale(i))
-}
-
-func gradScale(i int) float64 { return math.Pow(10, -2-float64(i>>16%4)) }
-
-// checkSum compares sampled elements with the exact sum, within the codec's
-// bound (loosened for int8's error feedback, which carries last call's
-// residual into this one).
-func checkSum(got []float32, codec string, n int) bool {
-	if len(got) == 0 {
-		return true
-	}
-	idx := []int{len(got) - 1}
-	for i := 0; i < len(got); i += 4099 {
-		idx = append(idx, i)
-	}
-	for _, i := range idx {
-		var sum, abs float64
-		for r := range n {
-			v := float64(gradValue(r, i))
-			sum += v
-			abs += math.Abs(v)
-		}
-		var tol float64
-		switch codec {
-		case allreduce.CodecNone:
-			tol = float64(n) * abs * 0x1p-23
-		case allreduce.CodecBF16, allreduce.CodecBF16Zstd:
-			tol = float64(n) * abs * 0x1p-8 * 1.01
-		case allreduce.CodecInt8:
-			tol = 2 * float64(n) * float64(n) * 3 * gradScale(i) / 127
-		}
-		if math.Abs(float64(got[i])-sum) > tol {
-			return false
-		}
-	}
-	return true
 }

@@ -126,6 +126,7 @@ func runBenchData(cmd *cobra.Command, _ []string) error {
 	fs := shard.RegisterFlight(srv, dir)
 	go srv.Serve(lis)
 	defer func() { srv.Stop(); fs.Close() }()
+	fs.Warm() // a serving node has verified its shards long before a peer joins
 	cache := filepath.Join(tmp, "peer-cache")
 	start = time.Now()
 	peer, err := dataset.Open(ctx, dataset.Options{Dir: cache, Peer: lis.Addr().String(), Seed: 1})
@@ -133,6 +134,7 @@ func runBenchData(cmd *cobra.Command, _ []string) error {
 		return err
 	}
 	defer peer.Close()
+	opened := time.Since(start).Seconds()
 	peer.Prefetch(0, int64(bf.batch))
 	dst := make([]int32, peer.SeqLen())
 	for k := range int64(bf.batch) {
@@ -150,14 +152,15 @@ func runBenchData(cmd *cobra.Command, _ []string) error {
 		bytes += s.Bytes
 	}
 	srate := float64(peer.Len()) / all
-	fmt.Fprintf(out, "peer: first batch after %.2fs; all %d shards (%.1f MB, %d sequences) streamed in %.2fs: %.1f MB/s, %.0f sequences/s = %s\n",
-		first, peer.Stats().Fetched, float64(bytes)/1e6, peer.Len(), all, float64(bytes)/1e6/all, srate, x(srate))
+	fmt.Fprintf(out, "peer: manifest after %.3fs, first batch (%d sequences fetched row by row) after %.3fs\n", opened, bf.batch, first)
+	fmt.Fprintf(out, "peer: all %d shards (%.1f MB, %d sequences) streamed in %.2fs: %.1f MB/s, %.0f sequences/s = %s\n",
+		peer.Stats().Fetched, float64(bytes)/1e6, peer.Len(), all, float64(bytes)/1e6/all, srate, x(srate))
 	n, el, err = draw(peer, bf.batch, bf.seconds)
 	if err != nil {
 		return err
 	}
 	rate = float64(n) / el
-	fmt.Fprintf(out, "peer: then %.0f sequences/s drawn = %s\n", rate, x(rate))
+	fmt.Fprintf(out, "peer: then %.0f sequences/s drawn = %s (%+v)\n", rate, x(rate), peer.Stats())
 	return nil
 }
 

@@ -16,7 +16,9 @@ var benchGemmCmd = &cobra.Command{
 	Short: "Measure GEMM GFLOP/s of OpenBLAS and gonum at given thread counts",
 	Long: `gemm times C[m,n] = A[m,k]·B[k,n] on the CPU backend and prints GFLOP/s for each
 BLAS library and thread count. The default shape is the largest GEMM of an L8-d512
-training step (1024 tokens x 512 -> 2048). Unset OPENBLAS_CORETYPE for a fair figure.`,
+training step (1024 tokens x 512 -> 2048). With --blas both it measures OpenBLAS
+split over the backend's Go workers (the default), OpenBLAS threading itself
+(cpu.Options.OpenBLASThreads) and gonum. Unset OPENBLAS_CORETYPE for a fair figure.`,
 	Args: cobra.NoArgs,
 	RunE: func(cmd *cobra.Command, args []string) error {
 		return runBenchGemm(cmd, benchGemm)
@@ -36,7 +38,7 @@ var benchGemm benchGemmOpts
 func init() {
 	f := benchGemmCmd.Flags()
 	f.IntSliceVar(&benchGemm.threads, "threads", []int{2}, "thread counts to measure (comma-separated)")
-	f.StringVar(&benchGemm.blas, "blas", "both", "BLAS to measure: auto, openblas, gonum or both")
+	f.StringVar(&benchGemm.blas, "blas", "both", "BLAS to measure: auto, openblas, gonum or both (all three ways)")
 	f.IntVar(&benchGemm.m, "m", 1024, "rows of A and C (tokens)")
 	f.IntVar(&benchGemm.n, "n", 2048, "columns of B and C")
 	f.IntVar(&benchGemm.k, "k", 512, "columns of A, rows of B")
@@ -51,7 +53,7 @@ func runBenchGemm(cmd *cobra.Command, o benchGemmOpts) error {
 	var libs []string
 	switch o.blas {
 	case "both":
-		libs = []string{"openblas", "gonum"}
+		libs = []string{"openblas", "openblas-threads", "gonum"}
 	case "auto", "openblas", "gonum":
 		libs = []string{o.blas}
 	default:
@@ -71,26 +73,46 @@ func runBenchGemm(cmd *cobra.Command, o benchGemmOpts) error {
 	out := cmd.OutOrStdout()
 	fmt.Fprintf(out, "GEMM %d x %d x %d (M x N x K), %d reps, %.2f GFLOP per product\n",
 		o.m, o.n, o.k, o.reps, 2*float64(o.m)*float64(o.n)*float64(o.k)/1e9)
-	fmt.Fprintf(out, "%-40s %8s %10s\n", "blas", "threads", "GFLOP/s")
+	fmt.Fprintf(out, "%-60s %8s %10s\n", "blas", "threads", "GFLOP/s")
 	prev := runtime.GOMAXPROCS(0)
 	defer runtime.GOMAXPROCS(prev)
+	got := map[string]map[int]float64{}
 	for _, lib := range libs {
+		got[lib] = map[int]float64{}
 		for _, t := range o.threads {
 			// gonum splits work over GOMAXPROCS goroutines; pin it to t so
 			// that its thread count means the same as OpenBLAS's.
 			runtime.GOMAXPROCS(t)
-			b, err := cpu.New(cpu.Options{Threads: t, BLAS: lib})
+			opts := cpu.Options{Threads: t, BLAS: lib}
+			if lib == "openblas-threads" {
+				if t == 1 {
+					continue // the same as openblas
+				}
+				opts = cpu.Options{Threads: t, BLAS: "openblas", OpenBLASThreads: true}
+			}
+			b, err := cpu.New(opts)
 			if err != nil {
 				return fmt.Errorf("bench gemm: %w", err)
 			}
 			g := cpu.GemmGFLOPS(b, o.m, o.n, o.k, o.reps)
 			err = b.Err()
 			name := b.Name()
+			if opts.OpenBLASThreads {
+				name += " own threads"
+			}
 			b.Close()
 			if err != nil {
 				return fmt.Errorf("bench gemm %s: %w", lib, err)
 			}
-			fmt.Fprintf(out, "%-40s %8d %10.1f\n", name, t, g)
+			fmt.Fprintf(out, "%-60s %8d %10.1f\n", name, t, g)
+			got[lib][t] = g
+		}
+	}
+	if len(libs) > 1 {
+		for _, t := range o.threads {
+			if g := got["gonum"][t]; g > 0 {
+				fmt.Fprintf(out, "openblas/gonum at %d threads: %.1fx\n", t, got["openblas"][t]/g)
+			}
 		}
 	}
 	return nil

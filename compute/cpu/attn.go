@@ -75,21 +75,6 @@ func (b *Backend) attnArgs(op string, a compute.Attn, back bool) (x attnArgs, ok
 	return x, b.err == nil
 }
 
-// serialBLAS makes BLAS single-threaded while Go workers each run their own
-// GEMMs; restoreBLAS undoes it. Only OpenBLAS in self-threaded mode (a
-// benchmark setting) has anything to undo.
-func (b *Backend) serialBLAS() {
-	if !b.goGemm && b.threads > 1 {
-		b.blas.setThreads(1)
-	}
-}
-
-func (b *Backend) restoreBLAS() {
-	if !b.goGemm && b.threads > 1 {
-		b.blas.setThreads(b.threads)
-	}
-}
-
 type attnJob struct {
 	x    attnArgs
 	blas blasImpl
@@ -114,10 +99,8 @@ func (j *attnJob) head(bh int) {
 	// Scores of the N tokens into columns 1..N.
 	j.blas.sgemm(false, true, N, N, Dh, x.scale, x.q[base:], ld, x.k[base:], ld, 0, p[1:], row)
 	var sk, sv []float32
-	if x.sk != nil {
+	if x.sk != nil { // the sink's scores into column 0
 		sk, sv = x.sk[h*Dh:(h+1)*Dh], x.sv[h*Dh:(h+1)*Dh]
-	}
-	if sk != nil {
 		for i := range N {
 			p[i*row] = dot32(x.q[base+i*ld:base+i*ld+Dh], sk) * x.scale
 		}
@@ -186,9 +169,8 @@ func (b *Backend) Attention(a compute.Attn) {
 	}
 	j := &b.jobs.attn
 	*j = attnJob{x: x, blas: b.blas}
-	b.serialBLAS()
+	b.blas.useThreads(1) // each worker runs its heads' GEMMs
 	b.pool.run(j, a.B*a.H, 1)
-	b.restoreBLAS()
 	*j = attnJob{}
 }
 
@@ -291,9 +273,8 @@ func (b *Backend) AttentionBackward(a compute.Attn) {
 	}
 	j := &b.jobs.attnB
 	*j = attnBackJob{x: x, blas: b.blas, dp: s.dp[:sz], sink: s.sink[:2*nb]}
-	b.serialBLAS()
+	b.blas.useThreads(1) // each worker runs its heads' GEMMs
 	b.pool.run(j, a.B*a.H, 1)
-	b.restoreBLAS()
 	if x.sk != nil {
 		hd := a.H * a.Dh
 		for bi := range a.B {

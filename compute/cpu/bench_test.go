@@ -2,6 +2,7 @@ package cpu
 
 import (
 	"fmt"
+	"runtime"
 	"testing"
 
 	"github.com/difftrain/difftrain/compute"
@@ -41,15 +42,14 @@ func BenchmarkGemm(b *testing.B) {
 		for _, th := range []int{1, 2} {
 			for _, s := range shapes {
 				b.Run(fmt.Sprintf("%s/t%d/%s", blas, th, s.name), func(b *testing.B) {
-					if blas == "gonum" && s.name == "head_1024x8192x512" {
-						b.Skip("too slow to be useful")
+					if blas == "gonum" {
+						if s.name == "head_1024x8192x512" {
+							b.Skip("too slow to be useful")
+						}
+						// gonum threads itself over GOMAXPROCS goroutines.
+						defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(th))
 					}
 					be := benchBackend(b, blas, th)
-					ar, ac := s.m, s.k
-					if s.ta {
-						ar, ac = ac, ar
-					}
-					_ = ar
 					g := compute.Gemm{TransA: s.ta, TransB: s.tb, M: s.m, N: s.n, K: s.k, Alpha: 1,
 						A: be.Alloc(compute.F32, s.m*s.k), B: be.Alloc(compute.F32, s.k*s.n), C: be.Alloc(compute.F32, s.m*s.n)}
 					be.Gemm(g)
@@ -123,7 +123,8 @@ func BenchmarkStep(b *testing.B) {
 
 // BenchmarkGemmThreading compares the two ways to run a GEMM on 2 threads:
 // Go workers splitting it over single-threaded OpenBLAS ("go-split", the
-// default) and OpenBLAS's own threads ("openblas-threads"), interleaved.
+// default) and OpenBLAS's own threads ("openblas-threads",
+// Options.OpenBLASThreads), interleaved.
 func BenchmarkGemmThreading(b *testing.B) {
 	be := benchBackend(b, "openblas", 2)
 	for _, s := range []struct {
@@ -140,8 +141,8 @@ func BenchmarkGemmThreading(b *testing.B) {
 				name = "openblas-threads"
 			}
 			b.Run(s.name+"/"+name, func(b *testing.B) {
-				be.blasThreading(self)
-				defer be.blasThreading(false)
+				be.setGemmSplit(!self)
+				defer be.setGemmSplit(false)
 				be.Gemm(g)
 				b.ResetTimer()
 				for range b.N {

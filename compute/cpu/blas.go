@@ -17,7 +17,9 @@ import (
 type blasImpl interface {
 	kind() string     // "openblas" or "gonum"
 	describe() string // for Name
-	setThreads(n int)
+	// useThreads sets the library's (process-wide) thread count to n
+	// unless it already is n.
+	useThreads(n int)
 	getThreads() int
 	// sgemm is C = alpha*op(A)*op(B) + beta*C, row-major, arguments checked.
 	sgemm(ta, tb bool, m, n, k int, alpha float32, a []float32, lda int,
@@ -28,6 +30,7 @@ var (
 	warnOnce    sync.Once // the gonum fallback warning
 	infoOnce    sync.Once // the OpenBLAS info line
 	coreWarnOne sync.Once // the OPENBLAS_CORETYPE warning
+	gonumOnce   sync.Once // the gonum info line
 )
 
 // openBLAS picks the GEMM library for Options.BLAS and sets its thread count.
@@ -50,9 +53,6 @@ func pickBLAS(choice string, threads int, load func() (*openblas, error)) (blasI
 			})
 			return gonumBLAS{}, nil
 		}
-		// OpenBLAS runs single-threaded; the Go workers split each GEMM
-		// (see gemm.go), so BLAS threads never spin while Go kernels run.
-		ob.setThreads(1)
 		infoOnce.Do(func() {
 			slog.Info("BLAS", "lib", "openblas", "core", ob.core, "config", ob.config, "threads", threads)
 			if ct, ok := os.LookupEnv("OPENBLAS_CORETYPE"); ok {
@@ -64,7 +64,7 @@ func pickBLAS(choice string, threads int, load func() (*openblas, error)) (blasI
 		})
 		return ob, nil
 	case "gonum":
-		slog.Info("BLAS", "lib", "gonum", "threads", "GOMAXPROCS")
+		gonumOnce.Do(func() { slog.Info("BLAS", "lib", "gonum", "threads", "GOMAXPROCS") })
 		return gonumBLAS{}, nil
 	}
 	return nil, fmt.Errorf("BLAS %q: want auto, openblas or gonum", choice)
@@ -76,7 +76,7 @@ type gonumBLAS struct{}
 
 func (gonumBLAS) kind() string     { return "gonum" }
 func (gonumBLAS) describe() string { return "gonum" }
-func (gonumBLAS) setThreads(int)   {}
+func (gonumBLAS) useThreads(int)   {}
 func (gonumBLAS) getThreads() int  { return 1 }
 
 func (gonumBLAS) sgemm(ta, tb bool, m, n, k int, alpha float32, a []float32, lda int,

@@ -1,7 +1,17 @@
 // Package cpu is the reference compute.Backend: float32 host slices, GEMM
 // through OpenBLAS (loaded at run time with dlopen, so the binary runs without
-// it) or gonum, and every other kernel in plain Go, run in parallel on a
-// persistent worker pool. The other backends are tested against it.
+// it) or gonum, and the other kernels in Go, run in parallel on a persistent
+// worker pool. The hottest row kernels (soft-cap, softmax, the loss's
+// exponentials, the optimizer update) have AVX2 versions in cgo, chosen at
+// run time; the Go versions are the fallback and the reference they are
+// tested against. Other backends are tested against this one.
+//
+// Threads: the Go workers split every large GEMM into row or column blocks
+// and call a single-threaded OpenBLAS on each (attention's per-head GEMMs run
+// inside the workers the same way), so OpenBLAS starts no threads, whose
+// idle spinning would compete with the Go kernels on a small machine. With
+// Options.OpenBLASThreads, OpenBLAS threads each GEMM itself instead; the Go
+// kernels then run between GEMMs, never at the same time.
 package cpu
 
 import (
@@ -21,6 +31,12 @@ type Options struct {
 	// loaded, else gonum with a warning; "openblas": OpenBLAS or an error;
 	// "gonum": the pure-Go gonum implementation.
 	BLAS string
+	// OpenBLASThreads lets OpenBLAS thread each GEMM itself over Threads
+	// threads. By default the Go workers split each large GEMM into row or
+	// column blocks over a single-threaded OpenBLAS, so that no OpenBLAS
+	// thread exists to spin while the Go kernels run. Measure both with
+	// `trainer bench gemm`.
+	OpenBLASThreads bool
 }
 
 // Backend is the CPU compute.Backend. Like every Backend it is driven by one
@@ -28,9 +44,9 @@ type Options struct {
 type Backend struct {
 	threads int
 	blas    blasImpl
-	// goGemm: the Go workers split each GEMM and the BLAS runs one thread
-	// (OpenBLAS); otherwise the BLAS threads itself (gonum, or OpenBLAS
-	// with blasThreads > 1 in benchmarks).
+	// goGemm: the Go workers split each GEMM and OpenBLAS runs one thread
+	// (OpenBLAS without Options.OpenBLASThreads); otherwise the BLAS
+	// threads itself.
 	goGemm bool
 	pool   *pool
 	err    error
@@ -61,28 +77,20 @@ func New(opts Options) (*Backend, error) {
 		return nil, fmt.Errorf("cpu backend: %w", err)
 	}
 	b := &Backend{threads: n, blas: bl, pool: newPool(n), allocs: map[*buf]struct{}{}}
-	b.goGemm = bl.kind() == "openblas"
+	b.goGemm = !opts.OpenBLASThreads && bl.kind() == "openblas"
 	b.partial = make([]float64, n)
 	return b, nil
 }
 
-// Name says which BLAS and how many threads, e.g. "cpu (OpenBLAS 0.3.21, Zen, 2 threads)".
+// Name says which BLAS, row kernels and how many threads, e.g.
+// "cpu (OpenBLAS 0.3.21, Zen, avx2 kernels, 2 threads)".
 func (b *Backend) Name() string {
-	return fmt.Sprintf("cpu (%s, %d threads)", b.blas.describe(), b.threads)
+	return fmt.Sprintf("cpu (%s, %s kernels, %d threads)", b.blas.describe(), simdKernels, b.threads)
 }
 
-// blasThreading switches GEMM parallelism between the Go workers splitting
-// each product over a single-threaded OpenBLAS (self false, the default) and
-// OpenBLAS threading itself with Threads threads (for benchmarks). OpenBLAS's
-// thread count is process-wide.
-func (b *Backend) blasThreading(self bool) {
-	b.goGemm = !self && b.blas.kind() == "openblas"
-	if self {
-		b.blas.setThreads(b.threads)
-	} else {
-		b.blas.setThreads(1)
-	}
-}
+// setGemmSplit sets whether the Go workers split GEMMs (the opposite of
+// Options.OpenBLASThreads), for benchmarks.
+func (b *Backend) setGemmSplit(split bool) { b.goGemm = split && b.blas.kind() == "openblas" }
 
 // Threads is the number of threads the backend uses.
 func (b *Backend) Threads() int { return b.threads }
@@ -103,8 +111,7 @@ func (b *Backend) Close() error {
 	b.allocs = nil
 	b.pool.close()
 	if b.err == nil {
-		b.err = fmt.Errorf("cpu backend: closed")
-		return nil
+		b.err = fmt.Errorf("cpu backend: closed") // later operations are no-ops
 	}
 	return nil
 }
@@ -268,23 +275,17 @@ func (b *Backend) Free(x compute.Buffer) {
 
 // UploadF32 copies src into dst.
 func (b *Backend) UploadF32(dst compute.Buffer, src []float32) {
-	if d := b.f32("UploadF32", "dst", dst, len(src)); d != nil || b.err == nil {
-		copy(d, src)
-	}
+	copy(b.f32("UploadF32", "dst", dst, len(src)), src) // nil after an error: no-op
 }
 
 // UploadI32 copies src into dst.
 func (b *Backend) UploadI32(dst compute.Buffer, src []int32) {
-	if d := b.i32("UploadI32", "dst", dst, len(src)); d != nil || b.err == nil {
-		copy(d, src)
-	}
+	copy(b.i32("UploadI32", "dst", dst, len(src)), src)
 }
 
 // DownloadF32 copies src into dst.
 func (b *Backend) DownloadF32(dst []float32, src compute.Buffer) {
-	if s := b.f32("DownloadF32", "src", src, len(dst)); s != nil || b.err == nil {
-		copy(dst, s)
-	}
+	copy(dst, b.f32("DownloadF32", "src", src, len(dst)))
 }
 
 // Zero sets every element of x to zero.

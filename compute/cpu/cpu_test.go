@@ -2,6 +2,7 @@ package cpu
 
 import (
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -10,10 +11,14 @@ import (
 )
 
 func newFor(blas string, threads int) func(t *testing.T) compute.Backend {
+	return newWith(Options{Threads: threads, BLAS: blas})
+}
+
+func newWith(o Options) func(t *testing.T) compute.Backend {
 	return func(t *testing.T) compute.Backend {
-		b, err := New(Options{Threads: threads, BLAS: blas})
+		b, err := New(o)
 		if err != nil {
-			t.Fatalf("New(%s): %v", blas, err)
+			t.Fatalf("New(%+v): %v", o, err)
 		}
 		return b
 	}
@@ -27,15 +32,23 @@ func haveOpenBLAS(t *testing.T) {
 }
 
 func TestConformance(t *testing.T) {
-	for _, tc := range []struct {
-		blas    string
-		threads int
-	}{{"openblas", 2}, {"openblas", 1}, {"gonum", 2}, {"gonum", 3}} {
-		t.Run(tc.blas+"/"+string(rune('0'+tc.threads)), func(t *testing.T) {
-			if tc.blas == "openblas" {
+	for _, o := range []Options{
+		{BLAS: "openblas", Threads: 2},
+		{BLAS: "openblas", Threads: 1},
+		{BLAS: "openblas", Threads: 3},
+		{BLAS: "openblas", Threads: 2, OpenBLASThreads: true},
+		{BLAS: "gonum", Threads: 2},
+		{BLAS: "gonum", Threads: 3},
+	} {
+		name := fmt.Sprintf("%s/t%d", o.BLAS, o.Threads)
+		if o.OpenBLASThreads {
+			name += "/openblas-threads"
+		}
+		t.Run(name, func(t *testing.T) {
+			if o.BLAS == "openblas" {
 				haveOpenBLAS(t)
 			}
-			computetest.Run(t, newFor(tc.blas, tc.threads))
+			computetest.Run(t, newWith(o))
 		})
 	}
 }

@@ -116,6 +116,30 @@ func TestNoAllocations(t *testing.T) {
 			if n := testing.AllocsPerRun(5, fx.step); n != 0 {
 				t.Errorf("a step allocates %v times, want 0", n)
 			}
+			if err := b.Err(); err != nil || blas == "gonum" {
+				// gonum's own parallel GEMM starts goroutines: no more checks.
+				if err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			// GEMMs large enough to be split by rows, columns and batch,
+			// with GemmSplit and without.
+			m := 128
+			x, y, z := b.Alloc(compute.F32, m*m), b.Alloc(compute.F32, m*m), b.Alloc(compute.F32, 4*m*m)
+			gemms := func() {
+				b.Gemm(compute.Gemm{M: m, N: m, K: m, Alpha: 1, A: x, B: y, C: z})
+				b.Gemm(compute.Gemm{M: 16, N: m * 4, K: m, Alpha: 1, A: x, B: z, C: y})
+				b.Gemm(compute.Gemm{M: m / 2, N: m, K: m / 2, Alpha: 1, A: x, B: y, C: z, Batch: 4,
+					StrideA: m * m / 4, StrideC: m * m})
+			}
+			for _, split := range []bool{false, true} {
+				b.setGemmSplit(split)
+				gemms()
+				if n := testing.AllocsPerRun(5, gemms); n != 0 {
+					t.Errorf("GEMMs (split %v) allocate %v times, want 0", split, n)
+				}
+			}
 			if err := b.Err(); err != nil {
 				t.Fatal(err)
 			}

@@ -44,14 +44,22 @@ func (b *Backend) Gemm(g compute.Gemm) {
 	*j = gemmJob{blas: b.blas, g: g, a: a, b: bb, c: c, lda: lda, ldb: ldb, ldc: ldc}
 	work := g.M * g.N * g.K
 	switch {
-	case !b.goGemm || b.threads == 1 || batch*work < gemmSplitMin:
+	case !b.goGemm:
+		b.blas.useThreads(b.threads)
+		for i := range batch {
+			j.one(i, 0, g.M, 0, g.N)
+		}
+	case b.threads == 1 || batch*work < gemmSplitMin:
+		b.blas.useThreads(1)
 		for i := range batch {
 			j.one(i, 0, g.M, 0, g.N)
 		}
 	case batch >= b.threads:
+		b.blas.useThreads(1)
 		j.mode = splitBatch
 		b.pool.run(j, batch, 1)
 	default:
+		b.blas.useThreads(1)
 		j.mode = splitRows
 		units := (g.M + gemmUnit - 1) / gemmUnit
 		if g.N > g.M {
@@ -66,8 +74,8 @@ func (b *Backend) Gemm(g compute.Gemm) {
 	*j = gemmJob{}
 }
 
-// Parallel GEMM: the Go workers split the product, each calling the
-// single-threaded BLAS on its own block of C.
+// Unless Options.OpenBLASThreads, the Go workers split the product, each
+// calling the single-threaded BLAS on its own block of C.
 const (
 	gemmSplitMin = 1 << 20 // multiply-adds below which one thread does it all
 	gemmUnit     = 16      // rows or columns per unit of work

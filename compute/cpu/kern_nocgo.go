@@ -1,8 +1,8 @@
-//go:build !cgo
+//go:build !cgo || !amd64
 
 package cpu
 
-// Without cgo the Go kernels are the only ones.
+// Without cgo, or off amd64, the Go kernels are the only ones.
 
 const simdKernels = "go"
 

@@ -51,10 +51,10 @@ func (j *lossJob) token(t int, ex []float32, g []float64) {
 			mx = s
 		}
 	}
+	lm := lg[m] // suppressed for the exponentials, restored after
+	lg[m] = -1e6
 	sum := expShiftTo(lg, ex, mx)
-	sum -= float64(ex[m])
-	ex[m] = exp32(-1e6 - mx)
-	sum += float64(ex[m])
+	lg[m] = lm
 	inv := 1 / sum
 	piU := a / float64(V-1)
 	c := (1 - alpha) * piU // q(v) for v ∉ S

@@ -58,6 +58,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"unsafe"
 )
 
@@ -70,16 +71,19 @@ var (
 // loadOpenBLAS dlopens libopenblas once per process; it is never unloaded
 // (its threads outlive any one Backend).
 //
-// OpenBLAS starts its thread pool when loaded and its idle threads spin in
-// sched_yield between calls. The Go workers split GEMMs themselves (gemm.go),
-// so unless OPENBLAS_NUM_THREADS is set the pool is sized to 1: no helper
-// threads at all.
+// OpenBLAS starts a thread per core when loaded, and idle threads spin in
+// sched_yield for a while after each call. Unless OPENBLAS_NUM_THREADS is
+// set, the pool starts at 1 and grows to the Threads a Backend asks for, so
+// no thread exists that no Backend uses.
 func loadOpenBLAS() (*openblas, error) {
 	obOnce.Do(func() {
 		if v, ok := os.LookupEnv("OPENBLAS_NUM_THREADS"); !ok {
-			os.Setenv("OPENBLAS_NUM_THREADS", "1") // read by OpenBLAS's constructor at dlopen
-		} else if v != "1" {
-			slog.Warn("OPENBLAS_NUM_THREADS is set; its idle OpenBLAS threads spin while the Go workers run. Unset it: the CPU backend splits GEMMs over its own threads",
+			// Read by OpenBLAS's constructor during dlopen; then removed, so
+			// that child processes do not inherit it.
+			os.Setenv("OPENBLAS_NUM_THREADS", "1")
+			defer os.Unsetenv("OPENBLAS_NUM_THREADS")
+		} else {
+			slog.Info("OPENBLAS_NUM_THREADS is set: OpenBLAS starts that many threads; Options.Threads still sets how many each GEMM uses",
 				"OPENBLAS_NUM_THREADS", v)
 		}
 		var msgs []string
@@ -104,6 +108,7 @@ func loadOpenBLAS() (*openblas, error) {
 // openblas calls cblas_sgemm of the dlopened library.
 type openblas struct {
 	core, config string
+	cur          atomic.Int64 // thread count last set
 }
 
 func (o *openblas) kind() string { return "openblas" }
@@ -116,8 +121,15 @@ func (o *openblas) describe() string {
 	return fmt.Sprintf("%s, %s", ver, o.core)
 }
 
-func (o *openblas) setThreads(n int) { C.ob_set_threads(C.int(n)) }
-func (o *openblas) getThreads() int  { return int(C.ob_get_threads()) }
+// useThreads calls openblas_set_num_threads when the count changes; the
+// last count set is cached (OpenBLAS's setting is process-wide).
+func (o *openblas) useThreads(n int) {
+	if o.cur.Load() != int64(n) {
+		C.ob_set_threads(C.int(n))
+		o.cur.Store(int64(n))
+	}
+}
+func (o *openblas) getThreads() int { return int(C.ob_get_threads()) }
 
 func (o *openblas) sgemm(ta, tb bool, m, n, k int, alpha float32, a []float32, lda int,
 	b []float32, ldb int, beta float32, c []float32, ldc int) {

@@ -13,7 +13,7 @@ func loadOpenBLAS() (*openblas, error) {
 
 func (o *openblas) kind() string     { return "openblas" }
 func (o *openblas) describe() string { return "OpenBLAS" }
-func (o *openblas) setThreads(n int) {}
+func (o *openblas) useThreads(n int) {}
 func (o *openblas) getThreads() int  { return 1 }
 func (o *openblas) sgemm(ta, tb bool, m, n, k int, alpha float32, a []float32, lda int,
 	b []float32, ldb int, beta float32, c []float32, ldc int) {

@@ -198,15 +198,10 @@ const char *dt_cuErrorString(CUresult r) {
 	return s;
 }
 
-// The context most recently made current on this OS thread by bind.
-static __thread CUcontext bound;
-
-static CUresult bind(CUcontext ctx) {
-	if (bound == ctx) return 0;
-	CUresult r = p_cuCtxSetCurrent(ctx);
-	if (r == 0) bound = ctx;
-	return r;
-}
+// bind makes ctx current on the calling OS thread. It is not cached: a
+// closed backend's context may be destroyed and a new one get the same
+// address, and cuCtxSetCurrent is cheap.
+static CUresult bind(CUcontext ctx) { return p_cuCtxSetCurrent(ctx); }
 
 #define BIND(ctx)                         \
 	do {                                  \

@@ -5,6 +5,20 @@
 // fp32, TF32 or bf16-with-fp32-accumulation, and everything else in its own
 // kernels. Semantics are those of compute.Backend; compute/cpu is the
 // reference it is tested against.
+//
+// Execution: every operation is queued on one compute stream and returns at
+// once; Download, SumSquares and Sync wait. Uploads are staged through pinned
+// buffers, so the caller may reuse its slice immediately. StartDownload copies
+// on a second stream, overlapping the compute stream, into a HostAlloc
+// (pinned) slice or through a staging buffer. Memory is plain cuMemAlloc.
+//
+// Determinism: no kernel uses atomics; every reduction (column sums, norms,
+// embedding gradients grouped by id on the host, SumSquares) has a fixed
+// order, so a run repeats bit for bit on the same GPU and libraries.
+//
+// Testing without a GPU: lib_test.go loads Debian's cuBLAS and NVRTC and
+// compiles every kernel for sm_80 and sm_90; package cudaemu runs the whole
+// backend on a CPU emulation of the driver and cuBLAS.
 package cuda
 
 /*
@@ -70,6 +84,12 @@ var (
 	ErrDriverTooOld = errors.New("CUDA driver too old")
 )
 
+// RequireGPUEnv names an environment variable that, when set (as
+// scripts/gpu-check.sh does), tells GPU tests to fail rather than skip when
+// New fails, so that a broken GPU set-up cannot pass as skipped. Tests in
+// other packages use it the same way.
+const RequireGPUEnv = "DIFFTRAIN_REQUIRE_GPU"
+
 // MinDriver is the oldest driver API version New accepts (11.0).
 const MinDriver = 11000
 
@@ -132,7 +152,7 @@ func New(opts Options) (*Backend, error) {
 	}
 	if r := C.dt_cuInit(); r != 0 {
 		if r == cuErrNoDevice {
-			return nil, fmt.Errorf("%w: cuInit: %v", ErrNoDevice, cuErr("cuInit", r))
+			return nil, fmt.Errorf("%w: %v", ErrNoDevice, cuErr("cuInit", r))
 		}
 		if r == cuErrInsufficientDriver {
 			return nil, fmt.Errorf("%w: %v", ErrDriverTooOld, cuErr("cuInit", r))
@@ -285,8 +305,8 @@ func (b *Backend) Info() Info { return b.info }
 // Name says which device and libraries this is.
 func (b *Backend) Name() string {
 	i := b.info
-	return fmt.Sprintf("cuda (%s, sm_%d, %d SMs, driver %s, cuBLAS %d, NVRTC %s, %s)",
-		i.Name, i.SM, i.SMs, cudaVersion(i.Driver), i.Cublas, i.NVRTC, i.Precision)
+	return fmt.Sprintf("cuda (%s, sm_%d, %d SMs, driver %s, cuBLAS %d.%d.%d, NVRTC %s, %s)",
+		i.Name, i.SM, i.SMs, cudaVersion(i.Driver), i.Cublas/10000, i.Cublas/100%100, i.Cublas%100, i.NVRTC, i.Precision)
 }
 
 // Err returns the first recorded error.
@@ -303,10 +323,11 @@ func (b *Backend) Sync() error {
 }
 
 // Close waits for queued work and frees every buffer, pinned host buffer and
-// library handle. The Backend is unusable afterwards.
+// library handle. The Backend is unusable afterwards. It reports only
+// failures of the release itself.
 func (b *Backend) Close() error {
 	if b.closed {
-		return b.err
+		return nil
 	}
 	var errs []error
 	keep := func(e error) {
@@ -358,14 +379,14 @@ func (b *Backend) Close() error {
 	}
 	b.allocs, b.chunks, b.pinned, b.scratch, b.evPool = nil, nil, nil, nil, nil
 	b.closed = true
-	if b.err == nil && len(errs) > 0 {
-		b.err = fmt.Errorf("cuda Close: %w", errors.Join(errs...))
+	var err error
+	if len(errs) > 0 {
+		err = fmt.Errorf("cuda Close: %w", errors.Join(errs...))
 	}
 	if b.err == nil {
 		b.err = errors.New("cuda: backend is closed")
-		return nil
 	}
-	return b.err
+	return err
 }
 
 // fail records the first error of op.

@@ -108,15 +108,18 @@ extern "C" __global__ void k_sum_final(const double *part, int n, double *out) {
 	if (threadIdx.x == 0) out[0] = s;
 }
 
-// out[c] += Σ_r a[r,c]·(b ? b[r,c] : 1)·(rs ? rs[r] : 1). Block 32x8, one
-// block per 32 columns; each column is summed in a fixed order.
-extern "C" __global__ void k_col_sum(const float *a, const float *b, const float *rs, float *out,
-                                     int rows, int cols) {
+// Column sums out[c] += Σ_r a[r,c]·(b ? b[r,c] : 1)·(rs ? rs[r] : 1), in two
+// deterministic stages. k_col_sum_part: block (32, 8) sums 32 columns over
+// the rows [y·chunk, (y+1)·chunk) of grid row y into part[y, c];
+// k_col_sum_final adds the parts of each column in order.
+extern "C" __global__ void k_col_sum_part(const float *a, const float *b, const float *rs, float *part, int rows,
+                                          int cols, int chunk) {
 	__shared__ float sh[8][33];
 	int c = blockIdx.x * 32 + threadIdx.x;
+	int lo = blockIdx.y * chunk, hi = min(rows, lo + chunk);
 	float acc = 0.0f;
 	if (c < cols) {
-		for (int r = threadIdx.y; r < rows; r += 8) {
+		for (int r = lo + threadIdx.y; r < hi; r += 8) {
 			long long i = (long long)r * cols + c;
 			float v = a[i];
 			if (b) v *= b[i];
@@ -129,6 +132,14 @@ extern "C" __global__ void k_col_sum(const float *a, const float *b, const float
 	if (threadIdx.y == 0 && c < cols) {
 		float s = 0.0f;
 		for (int j = 0; j < 8; j++) s += sh[j][threadIdx.x];
+		part[(long long)blockIdx.y * cols + c] = s;
+	}
+}
+
+extern "C" __global__ void k_col_sum_final(const float *part, float *out, int chunks, int cols) {
+	for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < cols; c += gridDim.x * blockDim.x) {
+		float s = 0.0f;
+		for (int y = 0; y < chunks; y++) s += part[(long long)y * cols + c];
 		out[c] += s;
 	}
 }

@@ -110,6 +110,17 @@ func checkPaths(k libKind, paths []string) error {
 	return e
 }
 
+func TestKernelTable(t *testing.T) {
+	if len(kernelNames) != int(numKernels) {
+		t.Fatalf("%d kernel names, %d kernel constants", len(kernelNames), numKernels)
+	}
+	for _, name := range kernelNames {
+		if !strings.Contains(kernelSource, `extern "C" __global__ void `+name+"(") {
+			t.Errorf("kernel %s is not defined in kernels.cu", name)
+		}
+	}
+}
+
 func TestSonameMajor(t *testing.T) {
 	tests := []struct {
 		in   string
@@ -148,6 +159,7 @@ func TestChooseTarget(t *testing.T) {
 // TestCompileKernels compiles every kernel for sm_80 (A100) and sm_90
 // (H100/H200) with the installed NVRTC. It needs no GPU.
 func TestCompileKernels(t *testing.T) {
+	t.Parallel()
 	libsOrSkip(t)
 	sup, err := SupportedArchs()
 	if err != nil {
@@ -161,7 +173,7 @@ func TestCompileKernels(t *testing.T) {
 		t.Logf("NVRTC %d.%d does not support sm_90; testing sm_80 and sm_%d", ma, mi, newest)
 		archs = []int{80, newest}
 	}
-	t.Setenv("XDG_CACHE_HOME", t.TempDir())
+	cache := t.TempDir()
 	for i, arch := range archs {
 		// Cubins for both; PTX (the path for devices newer than NVRTC)
 		// for the first only, to keep the test short.
@@ -170,7 +182,7 @@ func TestCompileKernels(t *testing.T) {
 			modes = append(modes, true)
 		}
 		for _, ptx := range modes {
-			img, err := CompileKernels(arch, ptx)
+			img, err := compileCached(cache, arch, ptx)
 			if err != nil {
 				t.Fatalf("sm_%d (ptx %v): %v", arch, ptx, err)
 			}
@@ -183,13 +195,13 @@ func TestCompileKernels(t *testing.T) {
 				}
 			}
 			// The second call is served from the cache, byte for byte.
-			again, err := CompileKernels(arch, ptx)
+			again, err := compileCached(cache, arch, ptx)
 			if err != nil || string(again.Data) != string(img.Data) {
 				t.Fatalf("sm_%d: cached image differs (err %v)", arch, err)
 			}
 		}
 	}
-	entries, err := os.ReadDir(CacheDir())
+	entries, err := os.ReadDir(cache)
 	if err != nil || len(entries) != 3 {
 		t.Fatalf("cache holds %d entries (err %v), want 3", len(entries), err)
 	}

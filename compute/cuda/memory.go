@@ -359,7 +359,8 @@ const (
 	kReluSqBack
 	kSumsqPart
 	kSumFinal
-	kColSum
+	kColSumPart
+	kColSumFinal
 	kRMSNorm
 	kRMSNormBack
 	kRope

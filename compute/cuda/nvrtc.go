@@ -22,10 +22,14 @@ import (
 //go:embed kernels.cu
 var kernelSource string
 
+// KernelSource returns the CUDA C source of the backend's kernels (for the
+// emulator in package cudaemu).
+func KernelSource() string { return kernelSource }
+
 // kernelNames lists every kernel of kernels.cu that the backend launches.
 var kernelNames = []string{
 	"k_scale", "k_axpy", "k_add_bias", "k_relu_sq", "k_relu_sq_back", "k_sumsq_part", "k_sum_final",
-	"k_col_sum", "k_rmsnorm", "k_rmsnorm_back", "k_rope", "k_embedding", "k_embedding_back",
+	"k_col_sum_part", "k_col_sum_final", "k_rmsnorm", "k_rmsnorm_back", "k_rope", "k_embedding", "k_embedding_back",
 	"k_attn_softmax", "k_attn_sink_add", "k_attn_softmax_back", "k_gidd_loss", "k_laprop", "k_adamw",
 	"k_f32_to_bf16", "k_q8_block",
 }
@@ -166,12 +170,14 @@ func cacheKey(src string, arch int, ptx bool, nvrtcMajor, nvrtcMinor int) string
 
 // CompileKernels returns the backend's kernels compiled for arch, from the
 // on-disk cache when present. Cache failures only cost a recompile.
-func CompileKernels(arch int, ptx bool) (*Image, error) {
+func CompileKernels(arch int, ptx bool) (*Image, error) { return compileCached(CacheDir(), arch, ptx) }
+
+// compileCached is CompileKernels with the cache in dir ("": none).
+func compileCached(dir string, arch int, ptx bool) (*Image, error) {
 	ma, mi, err := NVRTCVersion()
 	if err != nil {
 		return nil, err
 	}
-	dir := CacheDir()
 	var path string
 	if dir != "" {
 		path = filepath.Join(dir, cacheKey(kernelSource, arch, ptx, ma, mi))

@@ -79,13 +79,22 @@ func (b *Backend) AddBias(x, bias compute.Buffer, rows, cols int) {
 	b.launch1D(op, kAddBias, rows*cols, pArg(px), pArg(pb), lArg(rows), iArg(cols))
 }
 
-// colSum runs out[c] += Σ_r a[r,c]·b[r,c]·rs[r] (nil factors are 1).
+// colSumChunk is the number of rows each block of a column sum covers.
+const colSumChunk = 256
+
+// colSum runs out[c] += Σ_r a[r,c]·m[r,c]·rs[r] (nil factors are 1).
 func (b *Backend) colSum(op string, a, m, rs, out *buffer, rows, cols int) {
 	if rows == 0 || cols == 0 {
 		return
 	}
-	b.launch(op, kColSum, [3]int{cdiv(cols, 32)}, [3]int{32, 8}, pArg(a), pArg(m), pArg(rs), pArg(out),
-		iArg(rows), iArg(cols))
+	chunks := cdiv(rows, colSumChunk)
+	part := b.scratchBuf(op, "colsum", chunks*cols*4)
+	if part == 0 {
+		return
+	}
+	b.launch(op, kColSumPart, [3]int{cdiv(cols, 32), chunks}, [3]int{32, 8}, pArg(a), pArg(m), pArg(rs), part,
+		iArg(rows), iArg(cols), iArg(colSumChunk))
+	b.launch(op, kColSumFinal, [3]int{cdiv(cols, 256)}, [3]int{256}, part, pArg(out), iArg(chunks), iArg(cols))
 }
 
 // BiasBackward adds the column sums of dx to dbias.

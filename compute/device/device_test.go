@@ -10,6 +10,7 @@ import (
 
 	"github.com/difftrain/difftrain/compute/cpu"
 	"github.com/difftrain/difftrain/compute/cuda"
+	"github.com/difftrain/difftrain/compute/cuda/cudaemu"
 )
 
 // cudaWorks reports whether this machine has a usable GPU.
@@ -102,20 +103,32 @@ func TestCUDAWithoutGPU(t *testing.T) {
 	}
 }
 
+// TestAutoUsesGPU checks that auto opens CUDA when it works: on a GPU, or
+// else on the CPU emulation of the driver (package cudaemu). It must stay the
+// last test of the file: once loaded, the emulator stays for the process.
 func TestAutoUsesGPU(t *testing.T) {
-	if ok, err := cudaWorks(t); !ok {
-		if os.Getenv("DIFFTRAIN_REQUIRE_GPU") != "" {
-			t.Fatalf("DIFFTRAIN_REQUIRE_GPU is set but CUDA does not open: %v", err)
+	if ok, gpuErr := cudaWorks(t); !ok {
+		if os.Getenv(cuda.RequireGPUEnv) != "" {
+			t.Fatalf("%s is set but CUDA does not open: %v", cuda.RequireGPUEnv, gpuErr)
 		}
-		t.Skipf("no usable CUDA device: %v", err)
+		if err := cudaemu.Use(t.TempDir(), cuda.KernelSource()); err != nil {
+			t.Skipf("no usable CUDA device (%v) and no emulator: %v", gpuErr, err)
+		}
+		if _, _, err := cuda.LoadLibraries(); err != nil {
+			t.Skipf("no usable CUDA device, and no NVRTC for the emulator: %v", err)
+		}
 	}
 	be, err := Open("auto", "tf32", 1)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer be.Close()
-	if _, ok := be.(*cuda.Backend); !ok {
+	cb, ok := be.(*cuda.Backend)
+	if !ok {
 		t.Fatalf("Open(auto) with a GPU returned %T", be)
+	}
+	if cb.Info().Precision != cuda.TF32 {
+		t.Errorf("precision %v, want tf32", cb.Info().Precision)
 	}
 	t.Log(be.Name())
 }

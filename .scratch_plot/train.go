@@ -61,14 +61,15 @@ func runNode(cmd *cobra.Command, f *runFlags, join bool) error {
 		return err
 	}
 	o := node.Options{
-		Join: join,
-		Data: dataset.Options{Dir: f.data, URL: f.dataURL, Peer: f.dataPeer, CacheDir: f.cacheDir},
+		Join:          join,
+		Data:          dataset.Options{Dir: f.data, URL: f.dataURL, Peer: f.dataPeer, CacheDir: f.cacheDir},
 		CheckpointDir: f.ckptDir, CheckpointEvery: f.ckptEvery, Keep: f.keep, KeepEvery: int64(f.keepEvery),
 		Resume: f.resume, Force: f.force, CheckpointLocal: f.ckptLocal,
 		RunDir: f.runDir, MaxDuration: f.maxDuration,
 		GRPCListen: f.grpcAddr,
 		Codec:      f.codec, BucketBytes: int(f.bucketMB * (1 << 20)), AllreduceTimeout: f.allreduceTimeout,
 		MetricsAddr: f.metricsAddr, ChecksumEvery: f.checksumEvery, Progress: f.progress, LogEvery: f.logEvery,
+		SampleLog: f.sampleLog,
 	}
 	if o.CheckpointDir == "" && f.runDir != "" {
 		o.CheckpointDir = filepath.Join(f.runDir, "checkpoints")

@@ -194,4 +194,3 @@ func orDash(s string) string {
 	}
 	return s
 }
-

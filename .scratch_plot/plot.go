@@ -5,8 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"log/slog"
-	"math"
 	"os"
 	"path/filepath"
 	"slices"
@@ -23,21 +21,26 @@ import (
 var plotFlags struct {
 	out           string
 	width, height int
+	smooth        int
 }
 
 var plotCmd = &cobra.Command{
 	Use:   "plot RUN_DIR",
 	Short: "Draw a run's metrics (loss, ELBO, throughput, step time) as PNG files",
 	Long: `plot reads RUN_DIR/metrics.jsonl (or the metrics file given instead of a
-directory), one JSON record per step, and writes three PNG files to RUN_DIR (or
+directory), one JSON record per step, and writes four PNG files to RUN_DIR (or
 --out):
 
-  loss.png        training objective and ELBO (nats/token) against step
+  loss.png        the training objective against step
+  elbo.png        the ELBO (nats/token, noised tokens) against step
   throughput.png  tokens per second of the whole ring against step
-  step_time.png   seconds per step: data, compute, communication and total
+  step_time.png   seconds per step on this node: data, compute, communication, total
 
-When a step appears more than once (a node redid steps after resuming from a
-checkpoint) the last record of it counts. Non-finite values are left out.`,
+Lines are a moving average over --smooth steps (default: about 1/200 of the
+run) and break where steps are missing (the node was out of the ring). When a
+step appears more than once (a node redid steps after resuming from a
+checkpoint) its last record counts. Each node writes its own metrics file;
+the loss and throughput are the ring's, the step times the node's.`,
 	Args: cobra.ExactArgs(1),
 	RunE: func(cmd *cobra.Command, args []string) error {
 		out := plotFlags.out
@@ -47,7 +50,7 @@ checkpoint) the last record of it counts. Non-finite values are left out.`,
 				out = filepath.Dir(args[0])
 			}
 		}
-		files, err := plotRun(args[0], out, plotFlags.width, plotFlags.height)
+		files, err := plotRun(args[0], out, plotOptions{Width: plotFlags.width, Height: plotFlags.height, Smooth: plotFlags.smooth})
 		if err != nil {
 			return err
 		}
@@ -63,14 +66,24 @@ func init() {
 	f.StringVar(&plotFlags.out, "out", "", "directory for the PNG files (default: RUN_DIR)")
 	f.IntVar(&plotFlags.width, "width", 1000, "image width in pixels")
 	f.IntVar(&plotFlags.height, "height", 600, "image height in pixels")
+	f.IntVar(&plotFlags.smooth, "smooth", 0, "moving-average window in steps (0: about 1/200 of the steps; 1: raw values)")
 	root.AddCommand(plotCmd)
+}
+
+// plotOptions are the sizes of the images in pixels and the moving-average
+// window in steps (0: automatic).
+type plotOptions struct {
+	Width, Height, Smooth int
 }
 
 // plotRun draws the metrics of run (a run directory or a metrics file) into
 // PNG files in out and returns their paths.
-func plotRun(run, out string, width, height int) ([]string, error) {
-	if width < 100 || height < 100 || width > 20000 || height > 20000 {
-		return nil, fmt.Errorf("plot: image size %dx%d pixels: want 100 to 20000 each", width, height)
+func plotRun(run, out string, o plotOptions) ([]string, error) {
+	if o.Width < 100 || o.Height < 100 || o.Width > 20000 || o.Height > 20000 {
+		return nil, fmt.Errorf("plot: image size %dx%d pixels: want 100 to 20000 each", o.Width, o.Height)
+	}
+	if o.Smooth < 0 {
+		return nil, fmt.Errorf("plot: --smooth %d: want 0 (automatic) or a window of steps", o.Smooth)
 	}
 	path := metricsPath(run)
 	raw, err := os.ReadFile(path)
@@ -91,6 +104,10 @@ func plotRun(run, out string, width, height int) ([]string, error) {
 	if len(recs) == 0 {
 		return nil, fmt.Errorf("plot: %s has no records yet (a record is written after each step)", path)
 	}
+	win := o.Smooth
+	if win == 0 {
+		win = max(1, len(recs)/200)
+	}
 	if err := os.MkdirAll(out, 0o755); err != nil {
 		return nil, fmt.Errorf("plot: %w", err)
 	}
@@ -98,45 +115,47 @@ func plotRun(run, out string, width, height int) ([]string, error) {
 		file, title, ylabel string
 		series              []series
 	}{
-		{"loss.png", "Loss", "nats/token", []series{
+		{"loss.png", "Training objective", "loss", []series{
 			{"loss", func(r node.Record) float64 { return r.Loss }},
+		}},
+		{"elbo.png", "ELBO", "nats/token", []series{
 			{"ELBO", func(r node.Record) float64 { return r.Elbo }},
 		}},
-		{"throughput.png", "Throughput (whole ring)", "tokens/s", []series{
+		{"throughput.png", "Throughput of the ring", "tokens/s", []series{
 			{"tokens/s", func(r node.Record) float64 { return r.TokensPerS }},
 		}},
-		{"step_time.png", "Step time (this node)", "seconds", []series{
+		{"step_time.png", "Step time on this node", "seconds", []series{
 			{"data", func(r node.Record) float64 { return r.DataS }},
 			{"compute", func(r node.Record) float64 { return r.ComputeS }},
 			{"comm", func(r node.Record) float64 { return r.CommS }},
 			{"total", func(r node.Record) float64 { return r.StepS }},
 		}},
 	}
-	w := vg.Length(width) * vg.Inch / 96 // the PNG canvas draws at 96 dpi
-	h := vg.Length(height) * vg.Inch / 96
+	w := vg.Length(o.Width) * vg.Inch / 96 // the PNG canvas draws at 96 dpi
+	h := vg.Length(o.Height) * vg.Inch / 96
 	var files []string
 	for _, c := range charts {
 		p := plot.New()
 		p.Title.Text = c.title
+		if win > 1 {
+			p.Title.Text += fmt.Sprintf(" (mean over %d steps)", win)
+		}
 		p.X.Label.Text = "step"
 		p.Y.Label.Text = c.ylabel
 		p.Add(plotter.NewGrid())
 		p.Legend.Top = true
-		var lines []any
-		for _, s := range c.series {
-			xys, dropped := s.points(recs)
-			if dropped > 0 {
-				slog.Warn("plot: left out non-finite values", "chart", c.file, "series", s.name, "points", dropped)
+		for i, s := range c.series {
+			for j, seg := range s.segments(recs, win) {
+				l, err := plotter.NewLine(seg)
+				if err != nil {
+					return files, fmt.Errorf("plot: %s: %s: %w", c.file, s.name, err)
+				}
+				l.Color, l.Dashes = plotutil.Color(i), plotutil.Dashes(i)
+				p.Add(l)
+				if j == 0 && len(c.series) > 1 {
+					p.Legend.Add(s.name, l)
+				}
 			}
-			if len(xys) > 0 {
-				lines = append(lines, s.name, xys)
-			}
-		}
-		if len(lines) == 0 {
-			return files, fmt.Errorf("plot: %s: no finite values in %d records", c.file, len(recs))
-		}
-		if err := plotutil.AddLines(p, lines...); err != nil {
-			return files, fmt.Errorf("plot: %s: %w", c.file, err)
 		}
 		png := filepath.Join(out, c.file)
 		if err := savePNG(p, w, h, png); err != nil {
@@ -153,17 +172,28 @@ type series struct {
 	value func(node.Record) float64
 }
 
-// points returns the finite points and how many were left out.
-func (s series) points(recs []node.Record) (plotter.XYs, int) {
-	xys := make(plotter.XYs, 0, len(recs))
-	for _, r := range recs {
-		v := s.value(r)
-		if math.IsNaN(v) || math.IsInf(v, 0) {
-			continue
+// segments returns the series as runs of consecutive steps, each smoothed
+// by a trailing moving average over win records of its run.
+func (s series) segments(recs []node.Record, win int) []plotter.XYs {
+	var out []plotter.XYs
+	for len(recs) > 0 {
+		n := 1
+		for n < len(recs) && recs[n].Step == recs[n-1].Step+1 {
+			n++
 		}
-		xys = append(xys, plotter.XY{X: float64(r.Step), Y: v})
+		xys := make(plotter.XYs, n)
+		sum := 0.0
+		for i, r := range recs[:n] {
+			sum += s.value(r)
+			if i >= win {
+				sum -= s.value(recs[i-win])
+			}
+			xys[i] = plotter.XY{X: float64(r.Step), Y: sum / float64(min(i+1, win))}
+		}
+		out = append(out, xys)
+		recs = recs[n:]
 	}
-	return xys, len(recs) - len(xys)
+	return out
 }
 
 // lastPerStep keeps the last record of each step, sorted by step.

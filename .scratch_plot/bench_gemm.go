@@ -71,10 +71,12 @@ func runBenchGemm(cmd *cobra.Command, o benchGemmOpts) error {
 	out := cmd.OutOrStdout()
 	fmt.Fprintf(out, "GEMM %d x %d x %d (M x N x K), %d reps, %.2f GFLOP per product\n",
 		o.m, o.n, o.k, o.reps, 2*float64(o.m)*float64(o.n)*float64(o.k)/1e9)
-	fmt.Fprintf(out, "%-40s %8s %10s\n", "blas", "threads", "GFLOP/s")
+	fmt.Fprintf(out, "%-54s %8s %10s\n", "blas", "threads", "GFLOP/s")
 	prev := runtime.GOMAXPROCS(0)
 	defer runtime.GOMAXPROCS(prev)
+	got := map[string]map[int]float64{}
 	for _, lib := range libs {
+		got[lib] = map[int]float64{}
 		for _, t := range o.threads {
 			// gonum splits work over GOMAXPROCS goroutines; pin it to t so
 			// that its thread count means the same as OpenBLAS's.
@@ -90,7 +92,15 @@ func runBenchGemm(cmd *cobra.Command, o benchGemmOpts) error {
 			if err != nil {
 				return fmt.Errorf("bench gemm %s: %w", lib, err)
 			}
-			fmt.Fprintf(out, "%-40s %8d %10.1f\n", name, t, g)
+			fmt.Fprintf(out, "%-54s %8d %10.1f\n", name, t, g)
+			got[lib][t] = g
+		}
+	}
+	if len(libs) == 2 {
+		for _, t := range o.threads {
+			if g := got["gonum"][t]; g > 0 {
+				fmt.Fprintf(out, "openblas/gonum at %d threads: %.1fx\n", t, got["openblas"][t]/g)
+			}
 		}
 	}
 	return nil

@@ -1,0 +1,248 @@
+// Package ringbench is the worker side of `trainer bench allreduce`: a ring
+// member that runs a plan of allreduce timings in its own process (over the
+// gRPC transport), and the two ends of the raw single-connection TCP
+// measurement that serves as the ceiling.
+package ringbench
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"net"
+	"time"
+
+	"github.com/difftrain/difftrain/allreduce"
+)
+
+// Plan is what the coordinator sends each worker, as one JSON line.
+type Plan struct {
+	Members   []allreduce.Peer
+	Rank      int
+	Sizes     []int
+	Codecs    []string
+	Reps      int
+	BucketMiB float64
+	ChunkKiB  int
+	Deadline  time.Duration
+}
+
+// Result is a worker's JSON line for one (size, codec).
+type Result struct {
+	MiB   int
+	Codec string
+	Times []float64 // seconds per timed call
+	Wire  uint64    // message bytes this member sent per call
+	OK    bool      // sampled elements match the exact sum within the codec's bound
+	Err   string
+}
+
+// RepsFor is the number of timed calls for a size: fixed if positive, else
+// max(3, min(20, 512/MiB)) as in mpi_allreduce.c.
+func RepsFor(mib, fixed int) int {
+	if fixed > 0 {
+		return fixed
+	}
+	return max(3, min(20, 512/max(1, mib)))
+}
+
+// Worker is one ring member: it listens on listen, writes "addr ADDR" to
+// out, reads its Plan from in and writes one Result line per (size, codec).
+// It ends with a barrier, so that no member leaves while another still
+// reads from it.
+func Worker(listen string, in io.Reader, out io.Writer) error {
+	t, stop, err := allreduce.ListenGRPC(listen)
+	if err != nil {
+		return err
+	}
+	defer stop()
+	defer t.Close()
+	fmt.Fprintf(out, "addr %s\n", t.Addr())
+	line, err := bufio.NewReader(in).ReadBytes('\n')
+	if err != nil {
+		return fmt.Errorf("read plan: %w", err)
+	}
+	var plan Plan
+	if err := json.Unmarshal(line, &plan); err != nil {
+		return fmt.Errorf("plan: %w", err)
+	}
+	gen := allreduce.Generation{ID: 1, Members: plan.Members, Rank: plan.Rank}
+	n := len(plan.Members)
+	barrier, err := allreduce.New(t, 1, allreduce.Config{Deadline: plan.Deadline})
+	if err != nil {
+		return err
+	}
+	one := make([]float32, 1)
+	var step uint64
+	barrierSync := func(ctx context.Context) error {
+		step++
+		return barrier.Allreduce(ctx, gen, step, one)
+	}
+	ctx := context.Background()
+	enc := json.NewEncoder(out)
+	for _, mib := range plan.Sizes {
+		count := mib << 20 / 4
+		pristine := make([]float32, count)
+		for i := range pristine {
+			pristine[i] = GradValue(plan.Rank, i)
+		}
+		grad := make([]float32, count)
+		for _, codec := range plan.Codecs {
+			res := Result{MiB: mib, Codec: codec}
+			bucket := int(plan.BucketMiB * (1 << 20))
+			if bucket <= 0 {
+				bucket = count * 4
+			}
+			r, err := allreduce.New(t, count, allreduce.Config{Codec: codec, BucketBytes: bucket,
+				ChunkBytes: plan.ChunkKiB << 10, Deadline: plan.Deadline})
+			if err != nil {
+				return err
+			}
+			reps := RepsFor(mib, plan.Reps)
+			for w := range 2 + reps {
+				copy(grad, pristine)
+				if err = barrierSync(ctx); err != nil {
+					break
+				}
+				step++
+				s0 := r.Stats().SentBytes
+				t0 := time.Now()
+				if err = r.Allreduce(ctx, gen, step, grad); err != nil {
+					break
+				}
+				if w >= 2 {
+					res.Times = append(res.Times, time.Since(t0).Seconds())
+					res.Wire = r.Stats().SentBytes - s0
+				}
+			}
+			if err != nil {
+				res.Err = err.Error()
+			} else {
+				res.OK = checkSum(grad, codec, n)
+			}
+			if err := enc.Encode(res); err != nil {
+				return err
+			}
+			if res.Err != "" {
+				return errors.New(res.Err)
+			}
+		}
+	}
+	// Leave together: no member exits while another still reads from it.
+	return barrierSync(ctx)
+}
+
+// GradValue is a deterministic gradient-like value of member rank at index
+// i: roughly normal, with a scale that changes every 64 Ki elements (layers
+// differ by orders of magnitude).
+func GradValue(rank, i int) float32 {
+	z := uint64(rank)<<40 ^ uint64(i)
+	z += 0x9e3779b97f4a7c15
+	z = (z ^ z>>30) * 0xbf58476d1ce4e5b9
+	z = (z ^ z>>27) * 0x94d049bb133111eb
+	z ^= z >> 31
+	u := float64(z>>43)/float64(1<<21) + float64(z>>22&(1<<21-1))/float64(1<<21) + float64(z&(1<<21-1))/float64(1<<21)
+	return float32((u - 1.5) * 2 * gradScale(i))
+}
+
+func gradScale(i int) float64 { return math.Pow(10, -2-float64(i>>16%4)) }
+
+// checkSum compares sampled elements with the exact sum, within the codec's
+// bound (loosened for int8's error feedback, which carries last call's
+// residual into this one).
+func checkSum(got []float32, codec string, n int) bool {
+	if len(got) == 0 {
+		return true
+	}
+	idx := []int{len(got) - 1}
+	for i := 0; i < len(got); i += 4099 {
+		idx = append(idx, i)
+	}
+	for _, i := range idx {
+		var sum, abs float64
+		for r := range n {
+			v := float64(GradValue(r, i))
+			sum += v
+			abs += math.Abs(v)
+		}
+		var tol float64
+		switch codec {
+		case allreduce.CodecNone:
+			tol = float64(n) * abs * 0x1p-23
+		case allreduce.CodecBF16, allreduce.CodecBF16Zstd:
+			tol = float64(n) * abs * 0x1p-8 * 1.01
+		case allreduce.CodecInt8:
+			tol = 2 * float64(n) * float64(n) * 3 * gradScale(i) / 127
+		}
+		if math.Abs(float64(got[i])-sum) > tol {
+			return false
+		}
+	}
+	return true
+}
+
+// TCPServe accepts one connection on addr (printing the address it listens
+// on to out), counts the bytes until EOF and acknowledges them.
+func TCPServe(addr string, out io.Writer) error {
+	lis, err := net.Listen("tcp", addr)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(out, lis.Addr().String())
+	c, err := lis.Accept()
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	buf := make([]byte, 4<<20)
+	var total uint64
+	for {
+		k, err := c.Read(buf)
+		total += uint64(k)
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return binary.Write(c, binary.LittleEndian, total)
+}
+
+// TCPSend sends mib MiB to a TCPServe at addr over one connection and
+// prints the throughput in GB/s to out.
+func TCPSend(addr string, mib int, out io.Writer) error {
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	buf := make([]byte, 4<<20)
+	for i := range buf {
+		buf[i] = byte(i)
+	}
+	want := uint64(mib) << 20
+	t0 := time.Now()
+	for sent := uint64(0); sent < want; {
+		k, err := c.Write(buf[:min(uint64(len(buf)), want-sent)])
+		if err != nil {
+			return err
+		}
+		sent += uint64(k)
+	}
+	c.(*net.TCPConn).CloseWrite()
+	var got uint64
+	if err := binary.Read(c, binary.LittleEndian, &got); err != nil {
+		return fmt.Errorf("read acknowledgement: %w", err)
+	}
+	dt := time.Since(t0).Seconds()
+	if got != want {
+		return fmt.Errorf("server received %d bytes of %d", got, want)
+	}
+	fmt.Fprintf(out, "%.4f\n", float64(want)/dt/1e9)
+	return nil
+}

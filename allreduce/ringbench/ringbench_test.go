@@ -1,0 +1,101 @@
+package ringbench
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/difftrain/difftrain/allreduce"
+)
+
+// TestWorkers runs two workers in-process, as the coordinator would run two
+// processes, and checks that every codec's result passes its sum check.
+func TestWorkers(t *testing.T) {
+	const n = 2
+	type pipe struct {
+		in  *io.PipeWriter
+		out *bufio.Scanner
+	}
+	var ps []pipe
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		inR, inW := io.Pipe()
+		outR, outW := io.Pipe()
+		wg.Go(func() {
+			errs[i] = Worker("127.0.0.1:0", inR, outW)
+			outW.Close()
+		})
+		ps = append(ps, pipe{inW, bufio.NewScanner(outR)})
+	}
+	var members []allreduce.Peer
+	for i, p := range ps {
+		if !p.out.Scan() {
+			t.Fatalf("worker %d printed no address", i)
+		}
+		addr, ok := strings.CutPrefix(p.out.Text(), "addr ")
+		if !ok {
+			t.Fatalf("worker %d: %q", i, p.out.Text())
+		}
+		members = append(members, allreduce.Peer{Name: fmt.Sprint(i), Addr: addr})
+	}
+	for i, p := range ps {
+		b, _ := json.Marshal(Plan{Members: members, Rank: i, Sizes: []int{1}, Codecs: allreduce.Codecs,
+			Reps: 2, BucketMiB: 0.25, ChunkKiB: 64, Deadline: 10 * time.Second})
+		fmt.Fprintf(p.in, "%s\n", b)
+	}
+	for range allreduce.Codecs {
+		for i, p := range ps {
+			if !p.out.Scan() {
+				t.Fatalf("worker %d stopped early", i)
+			}
+			var r Result
+			if err := json.Unmarshal(p.out.Bytes(), &r); err != nil {
+				t.Fatal(err)
+			}
+			if r.Err != "" || !r.OK || len(r.Times) != 2 || r.Wire == 0 {
+				t.Errorf("worker %d: %+v", i, r)
+			}
+		}
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Errorf("worker %d: %v", i, err)
+		}
+	}
+}
+
+func TestTCP(t *testing.T) {
+	addrR, addrW := io.Pipe()
+	done := make(chan error, 1)
+	go func() { done <- TCPServe("127.0.0.1:0", addrW) }()
+	addr, err := bufio.NewReader(addrR).ReadString('\n')
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out strings.Builder
+	if err := TCPSend(strings.TrimSpace(addr), 8, &out); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if v, err := strconv.ParseFloat(strings.TrimSpace(out.String()), 64); err != nil || v <= 0 {
+		t.Fatalf("TCPSend printed %q", out.String())
+	}
+}
+
+func TestRepsFor(t *testing.T) {
+	for _, c := range []struct{ mib, fixed, want int }{{1, 0, 20}, {64, 0, 8}, {256, 0, 3}, {4096, 0, 3}, {64, 5, 5}} {
+		if got := RepsFor(c.mib, c.fixed); got != c.want {
+			t.Errorf("RepsFor(%d, %d) = %d, want %d", c.mib, c.fixed, got, c.want)
+		}
+	}
+}
