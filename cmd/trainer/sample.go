@@ -16,9 +16,9 @@ import (
 func init() {
 	var (
 		ckpt, prompt, sampler, grid, prior, dev string
-		steps, completion, topK, n, threads   int
-		temp                                  float64
-		seed                                  uint64
+		steps, completion, topK, n, threads     int
+		temp                                    float64
+		seed                                    uint64
 	)
 	cmd := &cobra.Command{
 		Use:   "sample --checkpoint PATH",
