@@ -140,7 +140,9 @@ func clusterConfig(f *runFlags, sec *cluster.Security) (cluster.Config, error) {
 	case specific(bh) && gp != 0:
 		c.GRPCAddr = net.JoinHostPort(bh, strconv.Itoa(gp))
 	default:
-		return c, fmt.Errorf("--grpc %s binds every interface: give --grpc-advertise (or --advertise) with the address peers should dial", f.grpcAddr)
+		// Everything binds every interface: advertise this host's first
+		// private address (as memberlist does for gossip), or loopback.
+		c.GRPCAddr = net.JoinHostPort(defaultHost(), strconv.Itoa(gp))
 	}
 	return c, nil
 }
@@ -155,4 +157,17 @@ func splitHostPort(flag, s string) (string, int, error) {
 		return "", 0, fmt.Errorf("%s %q: bad port %q", flag, s, p)
 	}
 	return h, port, nil
+}
+
+// defaultHost is the first private IPv4 address of this host, or 127.0.0.1.
+func defaultHost() string {
+	addrs, err := net.InterfaceAddrs()
+	if err == nil {
+		for _, a := range addrs {
+			if ipn, ok := a.(*net.IPNet); ok && ipn.IP.To4() != nil && ipn.IP.IsPrivate() {
+				return ipn.IP.String()
+			}
+		}
+	}
+	return "127.0.0.1"
 }
