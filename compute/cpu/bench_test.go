@@ -142,7 +142,7 @@ func BenchmarkGemmThreading(b *testing.B) {
 			}
 			b.Run(s.name+"/"+name, func(b *testing.B) {
 				be.setGemmSplit(!self)
-				defer be.setGemmSplit(false)
+				defer be.setGemmSplit(true)
 				be.Gemm(g)
 				b.ResetTimer()
 				for range b.N {

@@ -124,7 +124,7 @@ func TestNoAllocations(t *testing.T) {
 				return
 			}
 			// GEMMs large enough to be split by rows, columns and batch,
-			// with GemmSplit and without.
+			// split over the Go workers and threaded by OpenBLAS.
 			m := 128
 			x, y, z := b.Alloc(compute.F32, m*m), b.Alloc(compute.F32, m*m), b.Alloc(compute.F32, 4*m*m)
 			gemms := func() {
