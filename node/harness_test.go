@@ -233,10 +233,14 @@ func losses(recs []Record) map[int64]float64 {
 	return m
 }
 
-// sampleRanges reads every node's sample log: step -> ranges.
+// sampleRanges reads every node's sample log: step -> the distinct ranges
+// logged for it. Every node logs the whole ring's split, so a step trained
+// once yields the same lines everywhere; a step trained twice (in two
+// generations) yields overlapping ranges.
 func sampleRanges(t *testing.T, dirs ...string) map[int64][][2]int64 {
 	t.Helper()
 	out := map[int64][][2]int64{}
+	seen := map[[4]int64]bool{}
 	for _, d := range dirs {
 		f, err := os.Open(filepath.Join(d, "samples.log"))
 		if err != nil {
@@ -247,11 +251,14 @@ func sampleRanges(t *testing.T, dirs ...string) map[int64][][2]int64 {
 		}
 		sc := bufio.NewScanner(f)
 		for sc.Scan() {
-			var step, lo, hi, gen int64
-			if _, err := fmt.Sscan(sc.Text(), &step, &lo, &hi, &gen); err != nil {
+			var step, lo, hi, gen, rank int64
+			if _, err := fmt.Sscan(sc.Text(), &step, &lo, &hi, &gen, &rank); err != nil {
 				t.Fatalf("%s: %q: %v", d, sc.Text(), err)
 			}
-			out[step] = append(out[step], [2]int64{lo, hi})
+			if k := [4]int64{step, lo, hi, gen}; !seen[k] {
+				seen[k] = true
+				out[step] = append(out[step], [2]int64{lo, hi})
+			}
 		}
 		f.Close()
 	}

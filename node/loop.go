@@ -163,7 +163,12 @@ func (n *Node) runStep(ctx context.Context, ag allreduce.Generation) (Record, er
 		n.opt.OnSample(n.step, res.Lo, res.Hi)
 	}
 	if n.samples != nil {
-		fmt.Fprintf(n.samples, "%d %d %d %d\n", n.step, res.Lo, res.Hi, ag.ID)
+		// The whole ring's split: a member killed after the gradient sum
+		// cannot log its part, but its samples were consumed.
+		for r := 0; r < world; r++ {
+			lo, hi, _ := dataset.Split(n.step, n.cfg.Batch, r, world)
+			fmt.Fprintf(n.samples, "%d %d %d %d %d\n", n.step, lo, hi, ag.ID, r)
+		}
 	}
 	sum := res.Global.Summary(n.tr.Divisor())
 	wall := time.Since(t0)

@@ -49,10 +49,11 @@ type Options struct {
 	ChecksumEvery int    // compare weight checksums every K steps (0: off)
 	Progress      string // auto, bar, log or none
 	LogEvery      int
-	// SampleLog, when set, gets a line "step lo hi gen" for every step this
-	// node completed: the global sample positions [lo, hi) it trained on.
-	// The logs of all nodes together show that every sample of every step
-	// was consumed exactly once, across failures and joins.
+	// SampleLog, when set, gets for every step this node completed one line
+	// "step lo hi generation rank" per ring member: the global sample
+	// positions [lo, hi) that member trained on. The logs of all nodes
+	// together show that every sample of every step was consumed exactly
+	// once, in one generation, across failures and joins.
 	SampleLog string
 
 	// Hooks for tests and the CLI.

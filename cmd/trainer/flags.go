@@ -126,7 +126,7 @@ func (f *runFlags) register(fs *pflag.FlagSet, join bool) {
 	fs.IntVar(&f.checksumEvery, "checksum-every", 50, "compare weight checksums across the ring every K steps (0: off)")
 	fs.StringVar(&f.progress, "progress", "auto", "progress display: auto (bar on a terminal), bar, log or none")
 	fs.IntVar(&f.logEvery, "log-every", 10, "log a line every K steps when not showing a bar")
-	fs.StringVar(&f.sampleLog, "sample-log", "", "append \"step lo hi generation\" per completed step: the global sample positions this node trained on")
+	fs.StringVar(&f.sampleLog, "sample-log", "", "append \"step lo hi generation rank\" per ring member for every completed step: which global samples each member trained on")
 }
 
 // trainConfig builds the training config: the --config file if given, then
