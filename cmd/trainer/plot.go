@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"math"
 	"os"
 	"path/filepath"
 	"slices"
@@ -144,18 +145,29 @@ func plotRun(run, out string, o plotOptions) ([]string, error) {
 		p.Y.Label.Text = c.ylabel
 		p.Add(plotter.NewGrid())
 		p.Legend.Top = true
+		xlo, xhi := math.Inf(1), math.Inf(-1)
+		lo, hi := math.Inf(1), math.Inf(-1)
 		for i, s := range c.series {
 			for j, seg := range s.segments(recs, win) {
 				l, err := plotter.NewLine(seg)
 				if err != nil {
 					return files, fmt.Errorf("plot: %s: %s: %w", c.file, s.name, err)
 				}
+				xmin, xmax, ymin, ymax := plotter.XYRange(seg)
+				xlo, xhi = min(xlo, xmin), max(xhi, xmax)
+				lo, hi = min(lo, ymin), max(hi, ymax)
 				l.Color, l.Dashes = plotutil.Color(i), plotutil.Dashes(i)
 				p.Add(l)
 				if j == 0 && len(c.series) > 1 {
 					p.Legend.Add(s.name, l)
 				}
 			}
+		}
+		// gonum/plot cannot place ticks on an axis of zero or infinite span.
+		p.X.Min, p.X.Max = widen(xlo, xhi)
+		p.Y.Min, p.Y.Max = widen(lo, hi)
+		if math.IsInf(p.X.Max-p.X.Min, 0) || math.IsInf(p.Y.Max-p.Y.Min, 0) {
+			return files, fmt.Errorf("plot: %s: values from %g to %g span more than a float64 can hold", c.file, lo, hi)
 		}
 		png := filepath.Join(out, c.file)
 		if err := savePNG(p, w, h, png); err != nil {
@@ -182,18 +194,34 @@ func (s series) segments(recs []node.Record, win int) []plotter.XYs {
 			n++
 		}
 		xys := make(plotter.XYs, n)
-		sum := 0.0
+		w := float64(win)
+		sum := 0.0 // of value/win, which cannot overflow
 		for i, r := range recs[:n] {
-			sum += s.value(r)
-			if i >= win {
-				sum -= s.value(recs[i-win])
+			if win == 1 {
+				xys[i] = plotter.XY{X: float64(r.Step), Y: s.value(r)}
+				continue
 			}
-			xys[i] = plotter.XY{X: float64(r.Step), Y: sum / float64(min(i+1, win))}
+			if i >= win {
+				sum -= s.value(recs[i-win]) / w
+			}
+			sum += s.value(r) / w
+			xys[i] = plotter.XY{X: float64(r.Step), Y: sum * (w / float64(min(i+1, win)))}
 		}
 		out = append(out, xys)
 		recs = recs[n:]
 	}
 	return out
+}
+
+// widen returns the range [lo, hi] widened around its middle when it is too
+// narrow for axis ticks (a constant series).
+func widen(lo, hi float64) (float64, float64) {
+	m := max(math.Abs(lo), math.Abs(hi))
+	if hi-lo > m*1e-9 {
+		return lo, hi
+	}
+	pad := max(m*1e-3, 1)
+	return lo - pad, hi + pad
 }
 
 // lastPerStep keeps the last record of each step, sorted by step.

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"image"
 	"image/png"
 	"math"
@@ -130,10 +131,19 @@ func TestPlotErrors(t *testing.T) {
 		{"too small", write("small", good), plotOptions{Width: 10, Height: 300}, "image size"},
 		{"too large", write("large", good), plotOptions{Width: 400, Height: 1 << 20}, "image size"},
 		{"negative smoothing", write("smooth", good), plotOptions{Width: 400, Height: 300, Smooth: -1}, "--smooth"},
+		{"unplottable range", write("range", `{"step":1,"loss":1e308}`+"\n"+`{"step":2,"loss":-1e308}`+"\n"), size, "span more than"},
 	} {
 		_, err := plotRun(tc.run, filepath.Join(dir, "out-"+strings.ReplaceAll(tc.name, " ", "-")), tc.o)
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: error %v, want one containing %q", tc.name, err, tc.want)
+		}
+	}
+	// Constant series, and a single record at a step too large for gonum's
+	// default padding of an axis, still draw.
+	for i, s := range []string{`{"loss":1e17}` + "\n", `{"step":1000000000000000000,"loss":1}` + "\n"} {
+		run := write(fmt.Sprint("const", i), s)
+		if _, err := plotRun(run, run, size); err != nil {
+			t.Errorf("%s: %v", s, err)
 		}
 	}
 	// A partial last line after whole ones is a record being written: the
@@ -177,6 +187,8 @@ func TestSegments(t *testing.T) {
 		{"raw", []node.Record{r(1, 4), r(2, 2), r(3, 6)}, 1, []plotter.XYs{{xy(1, 4), xy(2, 2), xy(3, 6)}}},
 		{"mean of 2", []node.Record{r(1, 4), r(2, 2), r(3, 6)}, 2, []plotter.XYs{{xy(1, 4), xy(2, 3), xy(3, 4)}}},
 		{"window past the start", []node.Record{r(1, 3), r(2, 6)}, 10, []plotter.XYs{{xy(1, 3), xy(2, 4.5)}}},
+		{"huge values", []node.Record{r(1, 1.7e308), r(2, 1.7e308), r(3, 1.7e308)}, 2,
+			[]plotter.XYs{{xy(1, 1.7e308), xy(2, 1.7e308), xy(3, 1.7e308)}}},
 		{"gap breaks the line and the mean", []node.Record{r(1, 4), r(2, 2), r(5, 10), r(6, 20)}, 2,
 			[]plotter.XYs{{xy(1, 4), xy(2, 3)}, {xy(5, 10), xy(6, 15)}}},
 	} {
@@ -186,7 +198,8 @@ func TestSegments(t *testing.T) {
 			continue
 		}
 		for i := range got {
-			if !slices.Equal(got[i], tc.want[i]) {
+			near := func(a, b plotter.XY) bool { return a.X == b.X && math.Abs(a.Y-b.Y) <= 1e-12*math.Abs(b.Y) }
+			if !slices.EqualFunc(got[i], tc.want[i], near) {
 				t.Errorf("%s: segment %d is %v, want %v", tc.name, i, got[i], tc.want[i])
 			}
 		}
@@ -233,6 +246,8 @@ func FuzzPlot(f *testing.F) {
 		`{"step":9223372036854775807,"loss":1e308}` + "\n" + `{"step":-9223372036854775808,"loss":-1e308}` + "\n",
 		`{"step":1,"loss":5}` + "\n" + `{"step":1,"loss":5}` + "\n" + `{"step":3,"loss":-0}` + "\n",
 		`{"step":2,"elbo":1e-320}` + "\n" + `{"step":1,"lo`,
+		`{"loss":1e17}` + "\n",
+		`{"step":1000000000000000000,"loss":1}` + "\n",
 	} {
 		f.Add([]byte(s))
 	}
