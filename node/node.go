@@ -197,6 +197,13 @@ func (n *Node) build() error {
 		if err != nil {
 			return err
 		}
+		// Touch the snapshot buffers now, so the first save does not stall
+		// the step loop on fresh pages.
+		if err := n.fillState(&n.ckState); err == nil {
+			if err := n.ckpt.Prepare(&n.ckState); err != nil {
+				n.log.Warn("preparing checkpoint buffers", "err", err)
+			}
+		}
 	}
 	n.log.Info("node ready", "name", n.cl.Name(), "backend", o.Backend.Name(),
 		"params", np, "config", n.cfg.Hash(), "batch", n.cfg.Batch, "steps", n.cfg.Steps)
