@@ -9,28 +9,18 @@ func (b *Backend) Gemm(g compute.Gemm) {
 	if b.err != nil {
 		return
 	}
-	if g.M < 0 || g.N < 0 || g.K < 0 || g.Batch < 0 {
-		b.fail(op, "negative size M=%d N=%d K=%d Batch=%d", g.M, g.N, g.K, g.Batch)
-		return
-	}
-	batch := max(g.Batch, 1)
-	ar, ac := g.M, g.K
-	if g.TransA {
-		ar, ac = g.K, g.M
-	}
-	br, bc := g.K, g.N
-	if g.TransB {
-		br, bc = g.N, g.K
-	}
 	a := b.f32(op, "A", g.A, -1)
 	bb := b.f32(op, "B", g.B, -1)
 	c := b.f32(op, "C", g.C, -1)
-	lda, ldb, ldc := ld(g.LDA, ac), ld(g.LDB, bc), ld(g.LDC, g.N)
-	if !b.extent(op, "A", len(a), ar, ac, lda, g.StrideA, batch) ||
-		!b.extent(op, "B", len(bb), br, bc, ldb, g.StrideB, batch) ||
-		!b.extent(op, "C", len(c), g.M, g.N, ldc, g.StrideC, batch) {
+	if b.err != nil {
 		return
 	}
+	d, err := g.Dims(len(a), len(bb), len(c))
+	if err != nil {
+		b.fail(op, "%v", err)
+		return
+	}
+	batch, lda, ldb, ldc := d.Batch, d.LDA, d.LDB, d.LDC
 	if g.M == 0 || g.N == 0 {
 		return
 	}
@@ -121,39 +111,6 @@ func (j *gemmJob) one(i, m0, m1, n0, n1 int) {
 	}
 	j.blas.sgemm(g.TransA, g.TransB, m1-m0, n1-n0, g.K, g.Alpha, j.a[i*g.StrideA+ao:], j.lda,
 		j.b[i*g.StrideB+bo:], j.ldb, g.Beta, j.c[i*g.StrideC+m0*j.ldc+n0:], j.ldc)
-}
-
-func ld(v, cols int) int {
-	if v == 0 {
-		return max(cols, 1)
-	}
-	return v
-}
-
-// extent checks that a rows x cols matrix with row stride ld, repeated batch
-// times every stride elements, fits in n elements.
-func (b *Backend) extent(op, name string, n, rows, cols, ld, stride, batch int) bool {
-	if b.err != nil {
-		return false
-	}
-	if ld < max(cols, 1) {
-		b.fail(op, "LD%s = %d is less than its %d columns", name, ld, cols)
-		return false
-	}
-	if stride < 0 {
-		b.fail(op, "Stride%s = %d is negative", name, stride)
-		return false
-	}
-	if rows == 0 || cols == 0 {
-		return true
-	}
-	need := (batch-1)*stride + (rows-1)*ld + cols
-	if need > n {
-		b.fail(op, "%s needs %d elements (%dx%d, ld %d, batch %d, stride %d), buffer has %d",
-			name, need, rows, cols, ld, batch, stride, n)
-		return false
-	}
-	return true
 }
 
 // scaleRows sets C = beta*C (beta 0 clears, ignoring NaNs in C).

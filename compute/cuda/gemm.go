@@ -93,64 +93,22 @@ func (b *Backend) toBF16(op, name string, src uint64, n int) uint64 {
 	return dst
 }
 
-func ld(v, cols int) int {
-	if v == 0 {
-		return max(cols, 1)
-	}
-	return v
-}
-
-// extent checks that a rows x cols matrix with row stride ld, repeated batch
-// times every stride elements, fits in buffer x.
-func (b *Backend) extent(op, name string, x *buffer, rows, cols, ld, stride, batch int) bool {
-	if b.err != nil {
-		return false
-	}
-	if ld < max(cols, 1) {
-		b.fail(op, "LD%s = %d is less than its %d columns", name, ld, cols)
-		return false
-	}
-	if stride < 0 {
-		b.fail(op, "Stride%s = %d is negative", name, stride)
-		return false
-	}
-	if need := span(rows, cols, ld, stride, batch); need > x.n {
-		b.fail(op, "%s needs %d elements (%dx%d, ld %d, batch %d, stride %d), buffer has %d",
-			name, need, rows, cols, ld, batch, stride, x.n)
-		return false
-	}
-	return true
-}
-
 // Gemm runs C = Alpha*op(A)*op(B) + Beta*C on cuBLAS.
 func (b *Backend) Gemm(g compute.Gemm) {
 	const op = "Gemm"
 	if b.err != nil {
 		return
 	}
-	if g.M < 0 || g.N < 0 || g.K < 0 || g.Batch < 0 {
-		b.fail(op, "negative size M=%d N=%d K=%d Batch=%d", g.M, g.N, g.K, g.Batch)
-		return
-	}
-	batch := max(g.Batch, 1)
-	ar, ac := g.M, g.K
-	if g.TransA {
-		ar, ac = g.K, g.M
-	}
-	br, bc := g.K, g.N
-	if g.TransB {
-		br, bc = g.N, g.K
-	}
 	pa, pb, pc := b.f32(op, "A", g.A, -1), b.f32(op, "B", g.B, -1), b.f32(op, "C", g.C, -1)
 	if pa == nil || pb == nil || pc == nil {
 		return
 	}
-	lda, ldb, ldc := ld(g.LDA, ac), ld(g.LDB, bc), ld(g.LDC, g.N)
-	if !b.extent(op, "A", pa, ar, ac, lda, g.StrideA, batch) ||
-		!b.extent(op, "B", pb, br, bc, ldb, g.StrideB, batch) ||
-		!b.extent(op, "C", pc, g.M, g.N, ldc, g.StrideC, batch) {
+	d, err := g.Dims(pa.n, pb.n, pc.n)
+	if err != nil {
+		b.fail(op, "%v", err)
 		return
 	}
+	batch, lda, ldb, ldc := d.Batch, d.LDA, d.LDB, d.LDC
 	b.gemm(op, rgemm{ta: g.TransA, tb: g.TransB, m: g.M, n: g.N, k: g.K, alpha: g.Alpha, beta: g.Beta,
 		a: pa.ptr(), lda: lda, sa: g.StrideA, b: pb.ptr(), ldb: ldb, sb: g.StrideB,
 		c: pc.ptr(), ldc: ldc, sc: g.StrideC, batch: batch})
