@@ -23,6 +23,9 @@ var (
 // reference is the uninterrupted single-process run.
 func reference(t *testing.T) map[int64]float64 {
 	t.Helper()
+	if testing.Short() {
+		t.Skip("multi-process node test") // as start does; before refOnce, so it stays usable
+	}
 	refOnce.Do(func() {
 		p := start(t, childSpec{Name: "ref", Data: testData(t), RunDir: filepath.Join(t.TempDir(), "ref"),
 			Steps: testSteps, Batch: testBatch, MinNodes: 1})
