@@ -3,12 +3,12 @@
 # the default corpus (the Go standard library source), checkpoint, stop, and print
 # a sample. Every process it starts is stopped on exit, Ctrl-C included.
 #
-# Knobs (environment): DEMO_DIR (demo), DEMO_STEPS (300), DEMO_MB (corpus MiB, 24),
+# Knobs (environment): DEMO_DIR (demo), DEMO_STEPS (600), DEMO_MB (corpus MiB, 24),
 # DEMO_PORT (base port, 27940), TRAINER (bin/trainer).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DIR=${DEMO_DIR:-demo}
-STEPS=${DEMO_STEPS:-300}
+STEPS=${DEMO_STEPS:-600}
 MB=${DEMO_MB:-24}
 P=${DEMO_PORT:-27940}
 T=${TRAINER:-bin/trainer}
@@ -58,6 +58,6 @@ if "$T" plot "$DIR/node0" >/dev/null 2>&1; then
 fi
 echo "== checkpoints: $(ls -d "$DIR"/node0/checkpoints/step-* | tr '\n' ' ')"
 echo "== sample from the final checkpoint (prompt: 'func main() {'):"
-"$T" sample --checkpoint "$DIR/node0/checkpoints" --prompt "func main() {" --steps 64 --completion 96 --threads 2 2>/dev/null
+"$T" sample --checkpoint "$DIR/node0/checkpoints" --prompt "func main() {" --steps 64 --completion 96 --sampler ancestral --threads 2 2>/dev/null
 echo
 echo "== done: logs in $DIR/node{0,1,2}/node.log"
