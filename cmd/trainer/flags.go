@@ -196,8 +196,13 @@ func (f *runFlags) trainConfig(cmd *cobra.Command) (train.Config, error) {
 	if set("prompt-p") {
 		c.PPrompt = f.promptP
 	}
-	if c.Warmup > c.Steps {
-		c.Warmup = c.Steps
+	// Short runs: the default warmup shrinks to fit before the cooldown.
+	cool := int(c.Cooldown)
+	if c.Cooldown < 1 {
+		cool = int(c.Cooldown * float64(c.Steps))
+	}
+	if !set("warmup") || c.Warmup > c.Steps-cool {
+		c.Warmup = max(0, min(c.Warmup, c.Steps-cool))
 	}
 	return c, nil
 }
