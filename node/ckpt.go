@@ -122,10 +122,13 @@ func (n *Node) save(final bool) {
 
 // fillState points st's tensors at host copies of the replica's state.
 func (n *Node) fillState(st *checkpoint.State) error {
-	if err := n.tr.Snapshot(&n.hostSt); err != nil {
+	// The writer copies the tensors into its own snapshot before Save
+	// returns, so host-resident buffers are handed over without a copy.
+	hs, err := n.hostState()
+	if err != nil {
 		return err
 	}
-	p, m, v := n.hostSt.Params, n.hostSt.M, n.hostSt.V
+	p, m, v := hs.Params, hs.M, hs.V
 	if st.Model == nil {
 		for _, t := range n.tr.Model.Tensors {
 			st.Model = append(st.Model, checkpoint.Tensor{Name: t.Name, Shape: t.Shape})

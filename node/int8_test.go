@@ -34,9 +34,7 @@ func (s *memSync) Wait(local diffusion.Metrics) (diffusion.Metrics, error) {
 		return local, err
 	}
 	v := make([]float32, nMetrics)
-	for i, x := range local.Vector() {
-		v[i] = float32(x)
-	}
+	putMetrics(v, local)
 	if err := s.stats.Allreduce(s.ctx, s.sgen, uint64(s.step), v); err != nil {
 		return local, err
 	}

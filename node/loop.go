@@ -9,7 +9,6 @@ import (
 
 	"github.com/difftrain/difftrain/allreduce"
 	"github.com/difftrain/difftrain/cluster"
-	"github.com/difftrain/difftrain/compute"
 	"github.com/difftrain/difftrain/dataset"
 	"github.com/difftrain/difftrain/diffusion"
 	"github.com/difftrain/difftrain/train"
@@ -92,7 +91,7 @@ func (n *Node) loop(ctx context.Context) error {
 		rec.Retries, retries = retries, 0
 		n.step++
 		rec.Step = n.step
-		n.obs.step(rec, n.cl)
+		n.obs.step(rec, n.cl, n.cfg.Steps)
 		if n.opt.OnStep != nil {
 			n.opt.OnStep(rec)
 		}
@@ -215,12 +214,8 @@ func (s *ringSync) Wait(local diffusion.Metrics) (diffusion.Metrics, error) {
 		return diffusion.Metrics{}, err
 	}
 	v := s.vec[:]
-	for i, x := range local.Vector() {
-		v[i] = float32(x)
-	}
-	for i := nMetrics; i < statsLen; i++ {
-		v[i] = 0
-	}
+	clear(v)
+	putMetrics(v, local)
 	var mine uint64
 	if s.checksum {
 		mine = checksumStats(s.n.hostParams(), v[nMetrics:])
@@ -238,16 +233,23 @@ func (s *ringSync) Wait(local diffusion.Metrics) (diffusion.Metrics, error) {
 	return metricsOf(v), nil
 }
 
-// hostParams returns the parameters in host memory (a download for
-// non-host backends).
-func (n *Node) hostParams() []float32 {
-	if h, ok := n.opt.Backend.(compute.Host); ok {
-		return h.F32(n.tr.Model.Params)
+// hostState returns the replica's state in host memory: the backend's own
+// buffers when they live there, else a download into a reused mirror.
+func (n *Node) hostState() (train.State, error) {
+	if s, ok := n.tr.View(); ok {
+		return s, nil
 	}
-	if err := n.tr.Snapshot(&n.hostSt); err != nil {
+	err := n.tr.Snapshot(&n.hostSt)
+	return n.hostSt, err
+}
+
+// hostParams returns the parameters in host memory.
+func (n *Node) hostParams() []float32 {
+	s, err := n.hostState()
+	if err != nil {
 		n.log.Error("downloading parameters", "err", err)
 	}
-	return n.hostSt.Params
+	return s.Params
 }
 
 // serveIfDonor snapshots this member's state at the start of every ring

@@ -19,7 +19,6 @@ import (
 	"github.com/difftrain/difftrain/allreduce"
 	"github.com/difftrain/difftrain/checkpoint"
 	"github.com/difftrain/difftrain/cluster"
-	"github.com/difftrain/difftrain/compute"
 	"github.com/difftrain/difftrain/dataset"
 	"github.com/difftrain/difftrain/diffusion"
 	"github.com/difftrain/difftrain/shard"
@@ -343,6 +342,13 @@ func checksumsAgree(sum []float32, world int) bool {
 	return true
 }
 
+// putMetrics writes the metric sums into the start of a stats vector.
+func putMetrics(v []float32, m diffusion.Metrics) {
+	for i, x := range m.Vector() {
+		v[i] = float32(x)
+	}
+}
+
 // metricsOf reads the metric sums back from a stats vector.
 func metricsOf(v []float32) diffusion.Metrics {
 	f := make([]float64, nMetrics)
@@ -359,5 +365,3 @@ func (n *Node) configJSON() json.RawMessage {
 	b, _ := json.Marshal(n.cfg)
 	return b
 }
-
-var _ compute.Backend // the node drives a backend only through train

@@ -114,7 +114,7 @@ func (ob *observer) stateTransfer(d time.Duration) { ob.transfer.Set(d.Seconds()
 func (ob *observer) checkpoint(d time.Duration)    { ob.ckptStall.Set(d.Seconds()) }
 
 // step publishes a completed step.
-func (ob *observer) step(r Record, cl *cluster.Cluster) {
+func (ob *observer) step(r Record, cl *cluster.Cluster, total int) {
 	ob.gStep.Set(float64(r.Step))
 	ob.loss.Set(r.Loss)
 	ob.elbo.Set(r.Elbo)
@@ -135,10 +135,6 @@ func (ob *observer) step(r Record, cl *cluster.Cluster) {
 	cl.SetStatus(cluster.StatusInfo{Step: uint64(r.Step), Loss: r.Loss, TokensPerSec: r.TokensPerS})
 	ob.last = r
 	ob.steps++
-	total := 0
-	if ob.opt != nil {
-		total = ob.opt.Train.Steps
-	}
 	switch {
 	case ob.bar:
 		ob.drawBar(r, total)

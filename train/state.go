@@ -39,3 +39,14 @@ func (t *Trainer) Restore(s *State) error {
 	t.B.UploadF32(t.V, s.V)
 	return t.B.Err()
 }
+
+// View returns the replica's state without copying when the backend keeps
+// its buffers in host memory (compute.Host); ok is false otherwise, and the
+// caller uses Snapshot. The slices are live: read them between steps only.
+func (t *Trainer) View() (s State, ok bool) {
+	h, ok := t.B.(compute.Host)
+	if !ok {
+		return State{}, false
+	}
+	return State{Params: h.F32(t.Model.Params), M: h.F32(t.M), V: h.F32(t.V)}, true
+}
