@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"math"
+	"runtime"
 	"unsafe"
 
 	"github.com/klauspost/compress/zstd"
@@ -44,15 +45,19 @@ type codecInfo struct {
 	lossy, feedback bool
 	// check reports whether a payload of plen bytes can hold n elements.
 	check func(n, plen int) error
+	// width is the bytes per element of a codec whose payload is a plain
+	// array of fixed-width elements (decodable in arbitrary pieces), 0 for a
+	// block codec.
+	width int
 	// maxSize bounds the payload for n elements (a hint for buffer sizes).
 	maxSize func(n int) int
 	make    func() (codec, error)
 }
 
 var codecTable = []*codecInfo{
-	{id: 1, name: CodecNone, check: exactSize(4), maxSize: func(n int) int { return 4 * n },
+	{id: 1, name: CodecNone, width: 4, check: exactSize(4), maxSize: func(n int) int { return 4 * n },
 		make: func() (codec, error) { return noneCodec{}, nil }},
-	{id: 2, name: CodecBF16, lossy: true, check: exactSize(2), maxSize: func(n int) int { return 2 * n },
+	{id: 2, name: CodecBF16, lossy: true, width: 2, check: exactSize(2), maxSize: func(n int) int { return 2 * n },
 		make: func() (codec, error) { return bf16Codec{}, nil }},
 	{id: 3, name: CodecBF16Zstd, lossy: true, check: checkZstd, maxSize: func(n int) int { return 2*n + n>>6 + 256 },
 		make: newZstdCodec},
@@ -101,9 +106,15 @@ func grow(b []byte, n int) []byte {
 // they lie in memory.
 var littleEndian = binary.NativeEndian.Uint16([]byte{1, 0}) == 1
 
-// f32s views p as float32s when it is aligned and the machine little-endian.
+// unalignedOK reports whether the machine loads misaligned floats at full
+// speed, as amd64 and arm64 do. gRPC's receive buffers split a payload at
+// arbitrary byte offsets.
+var unalignedOK = runtime.GOARCH == "amd64" || runtime.GOARCH == "arm64"
+
+// f32s views p as float32s when the machine is little-endian and p is
+// aligned (or need not be).
 func f32s(p []byte) ([]float32, bool) {
-	if !littleEndian || len(p) == 0 || uintptr(unsafe.Pointer(&p[0]))%4 != 0 {
+	if !littleEndian || len(p) == 0 || (!unalignedOK && uintptr(unsafe.Pointer(&p[0]))%4 != 0) {
 		return nil, false
 	}
 	return unsafe.Slice((*float32)(unsafe.Pointer(&p[0])), len(p)/4), true
@@ -149,8 +160,8 @@ func (noneCodec) decode(dst []float32, p []byte) error {
 	if len(p) != 4*len(dst) {
 		return fmt.Errorf("none: %d bytes for %d elements", len(p), len(dst))
 	}
-	if v, ok := f32s(p); ok {
-		copy(dst, v)
+	if littleEndian && len(dst) > 0 {
+		copy(unsafe.Slice((*byte)(unsafe.Pointer(&dst[0])), 4*len(dst)), p)
 		return nil
 	}
 	for i := range dst {
@@ -195,9 +206,10 @@ func (bf16Codec) encode(dst []byte, src, out []float32) []byte {
 	return dst
 }
 
-// u16s views p as uint16s when it is aligned and the machine little-endian.
+// u16s views p as uint16s when the machine is little-endian and p is aligned
+// (or need not be).
 func u16s(p []byte) ([]uint16, bool) {
-	if !littleEndian || len(p) == 0 || uintptr(unsafe.Pointer(&p[0]))%2 != 0 {
+	if !littleEndian || len(p) == 0 || (!unalignedOK && uintptr(unsafe.Pointer(&p[0]))%2 != 0) {
 		return nil, false
 	}
 	return unsafe.Slice((*uint16)(unsafe.Pointer(&p[0])), len(p)/2), true

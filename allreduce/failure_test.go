@@ -14,7 +14,8 @@ import (
 
 // faulty wraps a Transport and breaks its member after a number of sends:
 // "kill" closes the transport (the process dies), "corrupt" flips a payload
-// byte in every later message (the member sends garbage).
+// byte in every later message (caught by the checksum), "garbage" mangles
+// every later message's header (caught by the decoder, checksum or not).
 type faulty struct {
 	Transport
 	after int64
@@ -46,6 +47,8 @@ func (l *faultyLink) Send(ctx context.Context, fr *Frame) error {
 			if len(fr.Buf) > headerSize {
 				fr.Buf[len(fr.Buf)-1] ^= 0x5a
 			}
+		case "garbage":
+			fr.Buf[0] ^= 0x5a
 		}
 	}
 	return l.Link.Send(ctx, fr)
@@ -101,13 +104,13 @@ func TestFailures(t *testing.T) {
 	}
 	kinds := []string{"inmem", "grpc"}
 	for _, kind := range kinds {
-		for _, mode := range []string{"kill", "corrupt", "stall"} {
+		for _, mode := range []string{"kill", "corrupt", "garbage", "stall"} {
 			t.Run(kind+"/"+mode, func(t *testing.T) {
 				deadline := 3 * time.Second
 				if mode == "stall" {
 					deadline = 400 * time.Millisecond
 				}
-				cfg := Config{ChunkBytes: 4 * 1024, Deadline: deadline}
+				cfg := Config{ChunkBytes: 4 * 1024, Deadline: deadline, Checksum: mode == "corrupt"}
 				var ts []Transport
 				for i := range n {
 					var tr Transport
@@ -152,7 +155,7 @@ func TestFailures(t *testing.T) {
 var inmemNet = NewInmemNetwork()
 var inmemSeq atomic.Int64
 
-func mustInmem(t *testing.T, name string) *InmemTransport {
+func mustInmem(t testing.TB, name string) *InmemTransport {
 	tr, err := inmemNet.Transport(fmt.Sprintf("%s-%d", name, inmemSeq.Add(1)))
 	if err != nil {
 		t.Fatal(err)

@@ -154,12 +154,15 @@ func (l *inmemLink) Send(ctx context.Context, f *Frame) error {
 	if broken {
 		return fmt.Errorf("send to %s: link broken", l.dst.addr)
 	}
-	g := l.dst.pool.Get(len(f.Buf))
-	copy(g.Buf, f.Buf)
+	g := l.dst.pool.Get(f.Len())
+	n := copy(g.Buf, f.Buf)
+	for _, b := range f.parts {
+		n += copy(g.Buf[n:], b.ReadOnlyData())
+	}
 	g.Peer = l.src.addr
 	select {
 	case l.dst.inbox <- g:
-		if gen := frameGen(f.Buf); gen != 0 {
+		if gen := frameGen(f.header()); gen != 0 {
 			l.mu.Lock()
 			l.lastGen = gen
 			l.mu.Unlock()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"sync"
 	"time"
 )
@@ -266,7 +267,7 @@ func (g *ring) send(ctx context.Context) error {
 			} else {
 				f = g.encode(t, c, clo, chi)
 			}
-			size := len(f.Buf)
+			size := f.Len()
 			sctx, cancel := context.WithTimeout(ctx, r.cfg.Deadline)
 			err := g.link.Send(sctx, f)
 			cancel()
@@ -286,7 +287,7 @@ func (g *ring) send(ctx context.Context) error {
 // beat sends a heartbeat to the right neighbour.
 func (g *ring) beat(ctx context.Context) error {
 	f := g.r.sendPool.Get(headerSize)
-	h := header{kind: kindBeat, gen: g.gen.ID, step: g.step, bucket: g.bucket, from: uint16(g.rank)}
+	h := header{kind: kindBeat, flags: flagCRC, gen: g.gen.ID, step: g.step, bucket: g.bucket, from: uint16(g.rank)}
 	h.put(f.Buf, nil)
 	sctx, cancel := context.WithTimeout(ctx, g.r.cfg.Deadline)
 	defer cancel()
@@ -313,7 +314,7 @@ func (g *ring) encode(t, c, lo, hi int) *Frame {
 	}
 	f := r.sendPool.Get(headerSize + r.info.maxSize(len(src)))
 	f.Buf = r.enc.encode(f.Buf[:headerSize], src, out)
-	h := header{kind: kindData, codec: r.info.id, gen: g.gen.ID, step: g.step, bucket: g.bucket,
+	h := header{kind: kindData, codec: r.info.id, flags: r.flags, gen: g.gen.ID, step: g.step, bucket: g.bucket,
 		hop: uint16(t), from: uint16(g.rank), chunk: uint32(c), count: uint32(len(src))}
 	h.put(f.Buf[:headerSize], f.Buf[headerSize:])
 	if out != nil {
@@ -341,11 +342,11 @@ func (g *ring) receive(ctx context.Context) error {
 		lo, hi := g.seg(j)
 		for c := 0; lo+c*g.chunk < hi; c++ {
 			clo, chi := lo+c*g.chunk, min(lo+(c+1)*g.chunk, hi)
-			f, h, p, err := g.next(ctx, timer)
+			f, h, sum, err := g.next(ctx, timer)
 			if err != nil {
 				return err
 			}
-			want := header{kind: kindData, codec: r.info.id, gen: g.gen.ID, step: g.step, bucket: g.bucket,
+			want := header{kind: kindData, codec: r.info.id, flags: r.flags, gen: g.gen.ID, step: g.step, bucket: g.bucket,
 				hop: uint16(t), from: uint16(mod(g.rank-1, g.n)), chunk: uint32(c), count: uint32(chi - clo)}
 			if h != want {
 				from, rank := g.peerAt(f.Peer), g.rankOf(f.Peer)
@@ -353,16 +354,11 @@ func (g *ring) receive(ctx context.Context) error {
 				return &PeerError{Peer: from, Op: "receive", rank: rank, origin: g.rank,
 					Err: fmt.Errorf("unexpected message %+v, want %+v", h, want)}
 			}
-			if t < g.n-1 {
-				err = r.dec.accumulate(g.x[clo:chi], p)
-			} else {
-				err = r.dec.decode(g.x[clo:chi], p)
-			}
-			if err != nil {
+			if err := r.apply(g.x[clo:chi], f, sum, t < g.n-1); err != nil {
 				f.Release()
 				return &PeerError{Peer: g.left, Op: "receive", Err: err, rank: mod(g.rank-1, g.n), origin: g.rank}
 			}
-			r.recv.Add(uint64(len(f.Buf)))
+			r.recv.Add(uint64(f.Len()))
 			if t >= g.n-1 && t < hops-1 {
 				r.prog.mark(f)
 			} else {
@@ -374,11 +370,12 @@ func (g *ring) receive(ctx context.Context) error {
 	return nil
 }
 
-// next returns the next message of the current generation, waiting at most
+// next returns the next data message of the current generation, with the
+// payload checksum its header announces (apply checks it), waiting at most
 // the deadline. It drops messages of older generations, keeps one of a newer
 // generation for later (and fails), and turns aborts and broken streams into
 // errors naming the peer.
-func (g *ring) next(ctx context.Context, timer *time.Timer) (*Frame, header, []byte, error) {
+func (g *ring) next(ctx context.Context, timer *time.Timer) (*Frame, header, uint32, error) {
 	r := g.r
 	for {
 		f := r.pending
@@ -388,26 +385,31 @@ func (g *ring) next(ctx context.Context, timer *time.Timer) (*Frame, header, []b
 			select {
 			case f = <-r.t.Inbox():
 			case <-timer.C:
-				return nil, header{}, nil, &PeerError{Peer: g.left, Op: "receive", rank: mod(g.rank-1, g.n), origin: g.rank,
+				return nil, header{}, 0, &PeerError{Peer: g.left, Op: "receive", rank: mod(g.rank-1, g.n), origin: g.rank,
 					Err: fmt.Errorf("no message within the %v deadline", r.cfg.Deadline)}
 			case <-ctx.Done():
-				return nil, header{}, nil, ctx.Err()
+				return nil, header{}, 0, ctx.Err()
 			}
 		}
 		if f.Err != nil {
 			if f.Peer == g.left.Addr && (f.LastGen == 0 || f.LastGen >= g.gen.ID) {
 				err := f.Err
 				f.Release()
-				return nil, header{}, nil, &PeerError{Peer: g.left, Op: "receive", Err: err, rank: mod(g.rank-1, g.n), origin: g.rank}
+				return nil, header{}, 0, &PeerError{Peer: g.left, Op: "receive", Err: err, rank: mod(g.rank-1, g.n), origin: g.rank}
 			}
 			f.Release() // the end of a stream from an old ring
 			continue
 		}
-		h, p, err := decodeMessage(f.Buf)
+		hb := f.header()
+		h, sum, err := decodeHeader(hb, f.Len()-len(hb))
+		if err == nil && h.kind != kindData {
+			// Control messages are small: check them whole, checksum included.
+			h, _, err = decodeMessage(f.bytes())
+		}
 		if err != nil {
 			from, rank := g.peerAt(f.Peer), g.rankOf(f.Peer)
 			f.Release()
-			return nil, header{}, nil, &PeerError{Peer: from, Op: "receive", Err: fmt.Errorf("malformed message: %w", err), rank: rank, origin: g.rank}
+			return nil, header{}, 0, &PeerError{Peer: from, Op: "receive", Err: fmt.Errorf("malformed message: %w", err), rank: rank, origin: g.rank}
 		}
 		switch {
 		case h.gen < g.gen.ID:
@@ -417,7 +419,7 @@ func (g *ring) next(ctx context.Context, timer *time.Timer) (*Frame, header, []b
 			continue
 		case h.gen > g.gen.ID:
 			r.pending = f
-			return nil, header{}, nil, &PeerError{Peer: g.peerAt(f.Peer), Op: "receive", rank: g.rankOf(f.Peer), origin: g.rank,
+			return nil, header{}, 0, &PeerError{Peer: g.peerAt(f.Peer), Op: "receive", rank: g.rankOf(f.Peer), origin: g.rank,
 				Err: fmt.Errorf("peer is at generation %d, this member at %d", h.gen, g.gen.ID)}
 		case h.kind == kindBeat:
 			f.Release()
@@ -432,12 +434,100 @@ func (g *ring) next(ctx context.Context, timer *time.Timer) (*Frame, header, []b
 			if blamed >= 0 {
 				who = g.gen.Members[blamed]
 			}
-			reason := string(p)
+			reason := string(f.Buf[headerSize:])
 			f.Release()
-			return nil, header{}, nil, &PeerError{Peer: who, Op: "abort", Err: errors.New(reason), rank: blamed, origin: origin}
+			return nil, header{}, 0, &PeerError{Peer: who, Op: "abort", Err: errors.New(reason), rank: blamed, origin: origin}
 		}
-		return f, h, p, nil
+		return f, h, sum, nil
 	}
+}
+
+// applyRun is how many payload bytes apply checksums and then hands to the
+// codec at a time: few enough that the codec reads them from cache.
+const applyRun = 16 << 10
+
+// apply adds the payload of f to dst (or, if add is false, writes it there)
+// and, when the ring runs with checksums, checks it against sum. Each run of
+// bytes is checksummed and then decoded while still in cache, so the payload
+// is read from memory once; if the checksum fails, dst holds garbage and the
+// step fails. Codecs
+// of fixed-width elements decode the payload in place, piece by piece (an
+// element split between two of gRPC's buffers is joined first); block codecs
+// get it joined into one scratch buffer.
+func (r *Reducer) apply(dst []float32, f *Frame, sum uint32, add bool) error {
+	r.views = f.payload(r.views[:0])
+	code := r.dec.decode
+	if add {
+		code = r.dec.accumulate
+	}
+	var crc uint32
+	check := r.flags&flagCRC != 0
+	w := r.info.width
+	if w == 0 {
+		n := 0
+		for _, v := range r.views {
+			n += len(v)
+		}
+		if cap(r.scratch) < n {
+			r.scratch = make([]byte, n)
+		}
+		buf := r.scratch[:0]
+		for _, v := range r.views {
+			if check {
+				crc = crc32.Update(crc, castagnoli, v)
+			}
+			buf = append(buf, v...)
+		}
+		if check && crc != sum {
+			return errChecksum{crc, sum}
+		}
+		return code(dst, buf)
+	}
+	var carry [4]byte
+	nc, i := 0, 0
+	put := func(b []byte) error {
+		m := len(b) / w
+		if i+m > len(dst) {
+			return fmt.Errorf("%d bytes of payload for %d elements", len(b)+i*w, len(dst))
+		}
+		i += m
+		return code(dst[i-m:i], b)
+	}
+	for _, v := range r.views {
+		for len(v) > 0 {
+			run := v[:min(len(v), applyRun)]
+			v = v[len(run):]
+			if check {
+				crc = crc32.Update(crc, castagnoli, run)
+			}
+			if nc > 0 {
+				k := copy(carry[nc:w], run)
+				nc += k
+				run = run[k:]
+				if nc < w {
+					continue
+				}
+				if err := put(carry[:w]); err != nil {
+					return err
+				}
+				nc = 0
+			}
+			m := len(run) / w * w
+			if m > 0 {
+				if err := put(run[:m]); err != nil {
+					return err
+				}
+			}
+			nc = copy(carry[:], run[m:])
+		}
+	}
+	if check && crc != sum {
+		return errChecksum{crc, sum}
+	}
+	if i != len(dst) || nc != 0 {
+		return fmt.Errorf("%d bytes of payload for %d elements", i*w+nc, len(dst))
+	}
+	return nil
 }
 
 // rankOf returns the rank of the member at addr, or -1.
@@ -508,7 +598,7 @@ func (r *Reducer) abort(gen Generation, step uint64, bucket uint32, cause error)
 		}
 		f := r.sendPool.Get(headerSize + len(text))
 		copy(f.Buf[headerSize:], text)
-		h := header{kind: kindAbort, gen: gen.ID, step: step, bucket: bucket, from: uint16(gen.Rank),
+		h := header{kind: kindAbort, flags: flagCRC, gen: gen.ID, step: step, bucket: bucket, from: uint16(gen.Rank),
 			hop: uint16(blamed), chunk: uint32(origin)}
 		h.put(f.Buf[:headerSize], f.Buf[headerSize:])
 		if err := link.Send(ctx, f); err != nil {

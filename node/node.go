@@ -184,7 +184,8 @@ func (n *Node) build() error {
 	}
 	n.tr = tr
 	np := tr.Model.Params.Len()
-	arc := allreduce.Config{Codec: o.Codec, BucketBytes: o.BucketBytes, Deadline: o.AllreduceTimeout, Logger: n.log}
+	arc := allreduce.Config{Codec: o.Codec, BucketBytes: o.BucketBytes, Deadline: o.AllreduceTimeout,
+		Checksum: o.AllreduceChecksum, Logger: n.log}
 	if n.grad, err = allreduce.New(n.gradT, np, arc); err != nil {
 		return err
 	}

@@ -43,6 +43,8 @@ type Options struct {
 	Codec            string
 	BucketBytes      int
 	AllreduceTimeout time.Duration
+	// AllreduceChecksum adds a CRC-32C to every gradient message.
+	AllreduceChecksum bool
 
 	// Observability.
 	MetricsAddr   string // /metrics, /healthz, /readyz; empty: off

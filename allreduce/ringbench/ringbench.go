@@ -29,6 +29,7 @@ type Plan struct {
 	BucketMiB float64
 	ChunkKiB  int
 	Deadline  time.Duration
+	Checksum  bool
 }
 
 // Result is a worker's JSON line for one (size, codec).
@@ -98,7 +99,7 @@ func Worker(listen string, in io.Reader, out io.Writer) error {
 				bucket = count * 4
 			}
 			r, err := allreduce.New(t, count, allreduce.Config{Codec: codec, BucketBytes: bucket,
-				ChunkBytes: plan.ChunkKiB << 10, Deadline: plan.Deadline})
+				ChunkBytes: plan.ChunkKiB << 10, Deadline: plan.Deadline, Checksum: plan.Checksum})
 			if err != nil {
 				return err
 			}

@@ -46,6 +46,7 @@ type arBenchFlags struct {
 	mpi       string
 	tcpMiB    int
 	deadline  time.Duration
+	checksum  bool
 }
 
 func init() {
@@ -75,6 +76,7 @@ Times are the max over members of each call (after a barrier), median of the rep
 	fl.StringVar(&f.mpi, "mpi", "", "path of a built mpi_allreduce (shared/bench) to run with mpirun in the same run, loopback only")
 	fl.IntVar(&f.tcpMiB, "tcp-mib", 256, "MiB sent per raw TCP measurement")
 	fl.DurationVar(&f.deadline, "deadline", 30*time.Second, "allreduce deadline for a silent peer")
+	fl.BoolVar(&f.checksum, "checksum", false, "CRC-32C every message, as `trainer train --allreduce-checksum`")
 	benchCmd.AddCommand(cmd)
 
 	worker := &cobra.Command{
@@ -237,7 +239,7 @@ func runARBench(ctx context.Context, f arBenchFlags) error {
 	if e.lab != nil {
 		where = "namespace 0 -> 1"
 	}
-	fmt.Printf("# bucket %.4g MiB, chunk %d KiB; GB = 1e9 bytes; time = max over members, median of reps\n", f.bucketMiB, f.chunkKiB)
+	fmt.Printf("# bucket %.4g MiB, chunk %d KiB, checksum %v; GB = 1e9 bytes; time = max over members, median of reps\n", f.bucketMiB, f.chunkKiB, f.checksum)
 	fmt.Printf("# busbw = algbw*2(n-1)/n; bus/tcp = busbw / raw TCP measured just before the size's runs;\n")
 	fmt.Printf("# wire/fp32 = bytes a member sent / 2(n-1)/n*size; speedup = time(none)/time(codec)\n")
 	for _, n := range f.worlds {
@@ -329,7 +331,7 @@ func runWorld(e env, n int, f arBenchFlags, emit func(arRow)) error {
 	}
 	for i, p := range procs {
 		plan := ringbench.Plan{Members: members, Rank: i, Sizes: f.sizes, Codecs: f.codecs, Reps: f.reps,
-			BucketMiB: f.bucketMiB, ChunkKiB: f.chunkKiB, Deadline: f.deadline}
+			BucketMiB: f.bucketMiB, ChunkKiB: f.chunkKiB, Deadline: f.deadline, Checksum: f.checksum}
 		b, _ := json.Marshal(plan)
 		if _, err := fmt.Fprintf(p.in, "%s\n", b); err != nil {
 			return fmt.Errorf("worker %d: send plan: %w", i, err)

@@ -54,9 +54,10 @@ type runFlags struct {
 	joinTimeout                                    time.Duration
 
 	// allreduce
-	codec            string
-	bucketMB         float64
-	allreduceTimeout time.Duration
+	codec             string
+	bucketMB          float64
+	allreduceTimeout  time.Duration
+	allreduceChecksum bool
 
 	// observability
 	metricsAddr   string
@@ -121,6 +122,7 @@ func (f *runFlags) register(fs *pflag.FlagSet, join bool) {
 	fs.StringVar(&f.codec, "codec", "none", "gradient codec: none, bf16, bf16-zstd or int8")
 	fs.Float64Var(&f.bucketMB, "bucket-mb", 25, "gradient bucket size in MiB")
 	fs.DurationVar(&f.allreduceTimeout, "allreduce-timeout", 10*time.Second, "abort a step when a ring neighbour is silent this long")
+	fs.BoolVar(&f.allreduceChecksum, "allreduce-checksum", false, "CRC-32C every gradient message (catches corruption TCP cannot; every node must agree)")
 
 	fs.StringVar(&f.metricsAddr, "metrics-addr", "0.0.0.0:9090", "HTTP address for /metrics, /healthz and /readyz (empty: off)")
 	fs.IntVar(&f.checksumEvery, "checksum-every", 50, "compare weight checksums across the ring every K steps (0: off)")
