@@ -1,7 +1,9 @@
 // Package ringbench is the worker side of `trainer bench allreduce`: a ring
 // member that runs a plan of allreduce timings in its own process (over the
-// gRPC transport), and the two ends of the raw single-connection TCP
-// measurement that serves as the ceiling.
+// gRPC transport), the two ends of the raw single-connection TCP measurement
+// that serves as the ceiling, and a member of the raw TCP ring (every member
+// sending and receiving at once, as the ring does) that is the ceiling on
+// machines whose cores the members share.
 package ringbench
 
 import (
@@ -245,5 +247,95 @@ func TCPSend(addr string, mib int, out io.Writer) error {
 		return fmt.Errorf("server received %d bytes of %d", got, want)
 	}
 	fmt.Fprintf(out, "%.4f\n", float64(want)/dt/1e9)
+	return nil
+}
+
+// RingPlan is what the coordinator sends each member of the raw TCP ring.
+type RingPlan struct {
+	Addrs []string // listen address of every member, in ring order
+	Rank  int
+	MiB   int // sent by every member to its right neighbour
+}
+
+// TCPRing is one member of the raw TCP ring, the ring allreduce's own
+// ceiling: every member sends to its right neighbour and receives from its
+// left one at the same time, over one connection each, as the ring does
+// (without the reduction). It listens on addr, prints "addr ADDR", reads a
+// RingPlan line from in, and prints the seconds its send and receive took.
+func TCPRing(addr string, in io.Reader, out io.Writer) error {
+	lis, err := net.Listen("tcp", addr)
+	if err != nil {
+		return err
+	}
+	defer lis.Close()
+	fmt.Fprintf(out, "addr %s\n", lis.Addr())
+	sc := bufio.NewScanner(in)
+	sc.Buffer(make([]byte, 1<<16), 1<<20)
+	if !sc.Scan() {
+		return errors.New("tcp ring: no plan on stdin")
+	}
+	var p RingPlan
+	if err := json.Unmarshal(sc.Bytes(), &p); err != nil {
+		return fmt.Errorf("tcp ring: plan: %w", err)
+	}
+	n := len(p.Addrs)
+	if n < 2 || p.Rank < 0 || p.Rank >= n || p.MiB < 1 {
+		return fmt.Errorf("tcp ring: bad plan: %d members, rank %d, %d MiB", n, p.Rank, p.MiB)
+	}
+	accepted := make(chan net.Conn, 1)
+	acceptErr := make(chan error, 1)
+	go func() {
+		c, err := lis.Accept()
+		if err != nil {
+			acceptErr <- err
+			return
+		}
+		accepted <- c
+	}()
+	right, err := net.Dial("tcp", p.Addrs[(p.Rank+1)%n])
+	if err != nil {
+		return fmt.Errorf("tcp ring: dial right neighbour: %w", err)
+	}
+	defer right.Close()
+	var left net.Conn
+	select {
+	case left = <-accepted:
+	case err := <-acceptErr:
+		return fmt.Errorf("tcp ring: accept left neighbour: %w", err)
+	case <-time.After(30 * time.Second):
+		return errors.New("tcp ring: left neighbour never connected")
+	}
+	defer left.Close()
+	want := int64(p.MiB) << 20
+	sbuf, rbuf := make([]byte, 4<<20), make([]byte, 4<<20)
+	for i := range sbuf {
+		sbuf[i] = byte(i)
+	}
+	// Touch the receive buffer before timing (fresh pages are slow here).
+	clear(rbuf)
+	t0 := time.Now()
+	sent := make(chan error, 1)
+	go func() {
+		for s := int64(0); s < want; {
+			k, err := right.Write(sbuf[:min(int64(len(sbuf)), want-s)])
+			if err != nil {
+				sent <- err
+				return
+			}
+			s += int64(k)
+		}
+		sent <- nil
+	}()
+	for got := int64(0); got < want; {
+		k, err := left.Read(rbuf[:min(int64(len(rbuf)), want-got)])
+		if err != nil {
+			return fmt.Errorf("tcp ring: receive: %w", err)
+		}
+		got += int64(k)
+	}
+	if err := <-sent; err != nil {
+		return fmt.Errorf("tcp ring: send: %w", err)
+	}
+	fmt.Fprintf(out, "%.6f\n", time.Since(t0).Seconds())
 	return nil
 }

@@ -99,3 +99,61 @@ func TestRepsFor(t *testing.T) {
 		}
 	}
 }
+
+// TestTCPRing runs three raw TCP ring members in-process and checks each
+// reports a positive time; a bad plan is refused.
+func TestTCPRing(t *testing.T) {
+	const n = 3
+	var ins []*io.PipeWriter
+	var outs []*bufio.Scanner
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		inR, inW := io.Pipe()
+		outR, outW := io.Pipe()
+		wg.Go(func() {
+			errs[i] = TCPRing("127.0.0.1:0", inR, outW)
+			outW.Close()
+		})
+		ins, outs = append(ins, inW), append(outs, bufio.NewScanner(outR))
+	}
+	var addrs []string
+	for i, sc := range outs {
+		if !sc.Scan() {
+			t.Fatalf("member %d printed no address", i)
+		}
+		a, ok := strings.CutPrefix(sc.Text(), "addr ")
+		if !ok {
+			t.Fatalf("member %d: %q", i, sc.Text())
+		}
+		addrs = append(addrs, a)
+	}
+	for i, in := range ins {
+		b, _ := json.Marshal(RingPlan{Addrs: addrs, Rank: i, MiB: 8})
+		fmt.Fprintf(in, "%s\n", b)
+	}
+	for i, sc := range outs {
+		if !sc.Scan() {
+			t.Fatalf("member %d printed no time", i)
+		}
+		if v, err := strconv.ParseFloat(sc.Text(), 64); err != nil || v <= 0 {
+			t.Fatalf("member %d: %q", i, sc.Text())
+		}
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Errorf("member %d: %v", i, err)
+		}
+	}
+
+	inR, inW := io.Pipe()
+	outR, outW := io.Pipe()
+	done := make(chan error, 1)
+	go func() { done <- TCPRing("127.0.0.1:0", inR, outW); outW.Close() }()
+	go io.Copy(io.Discard, outR)
+	fmt.Fprintf(inW, "%s\n", `{"Addrs":["a"],"Rank":0,"MiB":1}`)
+	if err := <-done; err == nil || !strings.Contains(err.Error(), "bad plan") {
+		t.Errorf("one-member plan: %v", err)
+	}
+}

@@ -104,6 +104,14 @@ Times are the max over members of each call (after a barrier), median of the rep
 		return errors.New("allreduce-tcp: give --listen or --connect")
 	}
 	benchCmd.AddCommand(tcp)
+
+	ring := &cobra.Command{
+		Use: "allreduce-tcpring", Hidden: true, Args: cobra.NoArgs,
+		Short: "one member of the raw TCP ring ceiling for `bench allreduce` (reads its plan on stdin)",
+	}
+	rl := ring.Flags().String("listen", "127.0.0.1:0", "address to listen on")
+	ring.RunE = func(cmd *cobra.Command, args []string) error { return ringbench.TCPRing(*rl, os.Stdin, os.Stdout) }
+	benchCmd.AddCommand(ring)
 }
 
 // process is a child process with its stdio.
@@ -241,10 +249,12 @@ func runARBench(ctx context.Context, f arBenchFlags) error {
 	}
 	fmt.Printf("# bucket %.4g MiB, chunk %d KiB, checksum %v; GB = 1e9 bytes; time = max over members, median of reps\n", f.bucketMiB, f.chunkKiB, f.checksum)
 	fmt.Printf("# busbw = algbw*2(n-1)/n; bus/tcp = busbw / raw TCP measured just before the size's runs;\n")
+	fmt.Printf("# bus/ring = busbw / the raw TCP ring (each process sending to its right neighbour while\n")
+	fmt.Printf("#   receiving from its left, as the ring does, no reduction): the ceiling when processes share cores;\n")
 	fmt.Printf("# wire/fp32 = bytes a member sent / 2(n-1)/n*size; speedup = time(none)/time(codec)\n")
 	for _, n := range f.worlds {
-		fmt.Printf("%5s %6s %-10s %4s %10s %10s %10s %8s %10s %8s %8s %5s\n",
-			"world", "MiB", "codec", "reps", "median_ms", "algbw", "busbw", "bus/tcp", "wire_MiB", "wire/fp32", "speedup", "check")
+		fmt.Printf("%5s %6s %-10s %4s %10s %10s %10s %8s %9s %10s %8s %8s %5s\n",
+			"world", "MiB", "codec", "reps", "median_ms", "algbw", "busbw", "bus/tcp", "bus/ring", "wire_MiB", "wire/fp32", "speedup", "check")
 		tcps := map[int]float64{}
 		for _, mib := range f.sizes {
 			// The machine is shared and its load changes by the minute:
@@ -256,6 +266,14 @@ func runARBench(ctx context.Context, f arBenchFlags) error {
 			tcps[mib] = tcp
 			fmt.Printf("# world %d, %d MiB: raw TCP, one connection between two processes (%s), %d MiB x 3: median %.3f GB/s\n",
 				n, mib, where, f.tcpMiB, tcp)
+			ringTCP := math.NaN()
+			if n > 1 {
+				if ringTCP, err = measureRing(e, n, f.tcpMiB); err != nil {
+					return fmt.Errorf("raw TCP ring: %w", err)
+				}
+				fmt.Printf("# world %d, %d MiB: raw TCP ring of %d processes, %d MiB sent by each x 3: median %.3f GB/s per process\n",
+					n, mib, n, f.tcpMiB, ringTCP)
+			}
 			var base float64 // none's median time
 			one := f
 			one.sizes = []int{mib}
@@ -278,14 +296,14 @@ func runARBench(ctx context.Context, f arBenchFlags) error {
 				if !r.ok {
 					check = "FAIL"
 				}
-				fmt.Printf("%5d %6d %-10s %4d %10.2f %10.3f %10.3f %8.2f %10.1f %8s %8s %5s\n",
-					n, r.mib, r.codec, r.reps, r.med*1e3, alg, bus, bus/tcp, r.wire/(1<<20), ratio, speed, check)
+				fmt.Printf("%5d %6d %-10s %4d %10.2f %10.3f %10.3f %8.2f %9.2f %10.1f %8s %8s %5s\n",
+					n, r.mib, r.codec, r.reps, r.med*1e3, alg, bus, bus/tcp, bus/ringTCP, r.wire/(1<<20), ratio, speed, check)
 			})
 			if err != nil {
 				return fmt.Errorf("world %d: %w", n, err)
 			}
 			if f.mpi != "" {
-				if err := runMPI(f.mpi, n, mib, tcp); err != nil {
+				if err := runMPI(f.mpi, n, mib, tcp, ringTCP); err != nil {
 					return fmt.Errorf("mpi world %d: %w", n, err)
 				}
 			}
@@ -417,8 +435,67 @@ func measureTCP(e env, mib int) (float64, error) {
 	return median(runs), nil
 }
 
+// measureRing runs the raw TCP ring of n processes three times and returns
+// the median per-process send rate in GB/s (the slowest member's time).
+func measureRing(e env, n, mib int) (float64, error) {
+	var runs []float64
+	for range 3 {
+		v, err := ringOnce(e, n, mib)
+		if err != nil {
+			return 0, err
+		}
+		runs = append(runs, v)
+	}
+	return median(runs), nil
+}
+
+func ringOnce(e env, n, mib int) (float64, error) {
+	var procs []*process
+	defer func() {
+		for _, p := range procs {
+			p.stop()
+		}
+	}()
+	var addrs []string
+	for i := range n {
+		p, err := start(e.command(i, "bench", "allreduce-tcpring", "--listen", e.host(i)+":0"))
+		if err != nil {
+			return 0, err
+		}
+		procs = append(procs, p)
+		l, err := p.line()
+		if err != nil {
+			return 0, fmt.Errorf("ring member %d: no address: %w", i, err)
+		}
+		addr, ok := strings.CutPrefix(l, "addr ")
+		if !ok {
+			return 0, fmt.Errorf("ring member %d: unexpected %q", i, l)
+		}
+		addrs = append(addrs, addr)
+	}
+	for i, p := range procs {
+		b, _ := json.Marshal(ringbench.RingPlan{Addrs: addrs, Rank: i, MiB: mib})
+		if _, err := fmt.Fprintf(p.in, "%s\n", b); err != nil {
+			return 0, fmt.Errorf("ring member %d: send plan: %w", i, err)
+		}
+	}
+	var slowest float64
+	for i, p := range procs {
+		l, err := p.line()
+		if err != nil {
+			return 0, fmt.Errorf("ring member %d: %w", i, err)
+		}
+		v, err := strconv.ParseFloat(l, 64)
+		if err != nil || v <= 0 {
+			return 0, fmt.Errorf("ring member %d said %q", i, l)
+		}
+		slowest = max(slowest, v)
+	}
+	return float64(mib) * (1 << 20) / slowest / 1e9, nil
+}
+
 // runMPI runs the OpenMPI baseline and prints its row in the same table.
-func runMPI(bin string, n, mib int, tcp float64) error {
+func runMPI(bin string, n, mib int, tcp, ringTCP float64) error {
 	args := []string{"--allow-run-as-root", "--oversubscribe", "--mca", "btl", "self,tcp", "-np", strconv.Itoa(n), bin, strconv.Itoa(mib)}
 	cmd := exec.Command("mpirun", args...)
 	cmd.Stderr = os.Stderr
@@ -436,8 +513,8 @@ func runMPI(bin string, n, mib int, tcp float64) error {
 		alg, _ := strconv.ParseFloat(fs[5], 64)
 		bus, _ := strconv.ParseFloat(fs[6], 64)
 		check := fs[7]
-		fmt.Printf("%5d %6s %-10s %4s %10.2f %10.3f %10.3f %8.2f %10s %8s %8s %5s\n",
-			n, fs[1], "openmpi", fs[2], med, alg, bus, bus/tcp, "-", "-", "-", check)
+		fmt.Printf("%5d %6s %-10s %4s %10.2f %10.3f %10.3f %8.2f %9.2f %10s %8s %8s %5s\n",
+			n, fs[1], "openmpi", fs[2], med, alg, bus, bus/tcp, bus/ringTCP, "-", "-", "-", check)
 	}
 	return nil
 }

@@ -1,0 +1,59 @@
+package main
+
+import (
+	"bytes"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// TestBenchAllreduce runs `trainer bench allreduce` end to end at a tiny
+// size: two worker processes of the built binary per codec, the raw TCP
+// ceilings, and a table whose every row passed its sum check. It checks the
+// table's shape, never the ratios of wall-clock times.
+func TestBenchAllreduce(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the trainer and runs worker processes")
+	}
+	repo, _ := filepath.Abs("../..")
+	bin := filepath.Join(t.TempDir(), "trainer")
+	build := exec.Command("go", "build", "-o", bin, "./cmd/trainer")
+	build.Dir = repo
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build: %v\n%s", err, out)
+	}
+	cmd := exec.Command(bin, "bench", "allreduce", "--world", "2", "--sizes", "1", "--codecs", "none,int8",
+		"--reps", "2", "--tcp-mib", "8", "--checksum")
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("bench allreduce: %v\n%s%s", err, out, stderr.String())
+	}
+	text := string(out)
+	for _, want := range []string{"raw TCP, one connection", "raw TCP ring of 2 processes", "checksum true"} {
+		if !strings.Contains(text, want) {
+			t.Errorf("output lacks %q:\n%s", want, text)
+		}
+	}
+	rows := map[string]bool{}
+	for l := range strings.SplitSeq(text, "\n") {
+		fs := strings.Fields(l)
+		if len(fs) != 13 || fs[0] != "2" {
+			continue
+		}
+		if fs[len(fs)-1] != "ok" {
+			t.Errorf("row failed its sum check: %s", l)
+		}
+		rows[fs[2]] = true
+	}
+	if !rows["none"] || !rows["int8"] {
+		t.Errorf("missing codec rows in:\n%s", text)
+	}
+
+	bad := exec.Command(bin, "bench", "allreduce", "--codecs", "zip")
+	if out, err := bad.CombinedOutput(); err == nil || !strings.Contains(string(out), `unknown codec "zip"`) {
+		t.Errorf("unknown codec: err %v, output %s", err, out)
+	}
+}
