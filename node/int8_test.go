@@ -41,8 +41,15 @@ func (s *memSync) Wait(local diffusion.Metrics) (diffusion.Metrics, error) {
 	return metricsOf(v), nil
 }
 
+// evalDraws is how many sequences, each with a fresh noise draw, score the
+// final weights. The per-sequence ELBO is heavy-tailed: over 256 draws the
+// gap between two fixed models still moves by 1-4% from one window to the
+// next, over 8192 by a few tenths of a percent.
+const evalDraws = 8192
+
 // finalElbo trains the tiny model for steps on 4 in-memory nodes with codec
-// and returns the ELBO of the final weights on 256 fresh noise draws.
+// and returns the ELBO of the final weights on evalDraws fresh noise draws
+// (the same draws for every codec).
 func finalElbo(t *testing.T, codec string, steps int) float64 {
 	t.Helper()
 	const world = 4
@@ -107,7 +114,7 @@ func finalElbo(t *testing.T, codec string, steps int) float64 {
 			}
 			if r == 0 {
 				const probe = 1 << 40
-				mt, err := tr.Evaluate(src, probe, probe+256)
+				mt, err := tr.Evaluate(src, probe, probe+evalDraws)
 				if err != nil {
 					errs <- err
 					return
@@ -125,19 +132,23 @@ func finalElbo(t *testing.T, codec string, steps int) float64 {
 }
 
 // With error feedback, int8 gradients train the tiny model about as well as
-// fp32 over 200 steps on 4 in-memory nodes. The bound is 3%, not the 2% we
-// aimed for: any perturbation of the gradients (bf16 rounding alone) moves
-// the final ELBO of this 200-step run by 2–3%, so 2% is inside the
-// trajectory noise. CODEC=bf16 runs the same comparison for bf16.
+// fp32: 200 steps on 4 in-memory nodes, the same seed, data order and
+// evaluation draws, only the gradient codec differs; the final ELBOs agree
+// within 2% (measured: int8 +0.7%, bf16 +0.6%). This pins one trajectory
+// (seed 5). At step 200 the model is still learning fast and trajectories
+// are chaotic: with seeds 6 and 7, fp32 runs whose summed gradient is
+// perturbed by 1% noise already end 2-8% apart, and int8 10-19% apart, so the
+// bound is a regression check of the codec on this run, not a statement
+// about every seed. CODEC=bf16 runs the same comparison for bf16.
 func TestInt8ErrorFeedbackConverges(t *testing.T) {
 	if testing.Short() {
 		t.Skip("two 200-step runs on 4 in-memory nodes")
 	}
 	fp32 := finalElbo(t, "none", 200)
 	int8 := finalElbo(t, codecUnderTest(), 200)
-	t.Logf("final ELBO (256 fresh noise draws): fp32 %.4f, int8 %.4f (%+.2f%%)", fp32, int8, 100*(int8/fp32-1))
-	if math.Abs(int8/fp32-1) > 0.03 {
-		t.Errorf("%s final ELBO %.4f is not within 3%% of fp32's %.4f", codecUnderTest(), int8, fp32)
+	t.Logf("final ELBO (%d fresh noise draws): fp32 %.4f, %s %.4f (%+.2f%%)", evalDraws, fp32, codecUnderTest(), int8, 100*(int8/fp32-1))
+	if math.Abs(int8/fp32-1) > 0.02 {
+		t.Errorf("%s final ELBO %.4f is not within 2%% of fp32's %.4f", codecUnderTest(), int8, fp32)
 	}
 }
 
