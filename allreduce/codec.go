@@ -354,11 +354,18 @@ func (z *zstdCodec) encode(dst []byte, src, out []float32) []byte {
 	if cap(z.plane) < 2*n {
 		z.plane = make([]byte, 2*n)
 	}
-	hi, lo := z.plane[:n], z.plane[n:2*n]
-	for i, x := range src {
-		h := toBF16(x)
-		hi[i], lo[i] = byte(h>>8), byte(h)
-		if out != nil {
+	hi, lo := z.plane[:n:n], z.plane[n:2*n]
+	lo = lo[:len(hi)]
+	if out == nil {
+		for i, x := range src[:len(hi)] {
+			h := toBF16(x)
+			hi[i], lo[i] = byte(h>>8), byte(h)
+		}
+	} else {
+		out = out[:len(hi)]
+		for i, x := range src[:len(hi)] {
+			h := toBF16(x)
+			hi[i], lo[i] = byte(h>>8), byte(h)
 			out[i] = fromBF16(h)
 		}
 	}
