@@ -181,6 +181,33 @@ func (e env) command(i int, args ...string) *exec.Cmd {
 	return e.lab.Command(i, e.exe, args...)
 }
 
+// shapedEnv sets up n network namespaces whose links are shaped to rate
+// (and delay) and returns the env that runs members in them, with the
+// function that tears them down (which also happens on ^C).
+func shapedEnv(exe, prefix string, n int, rate, delay string) (env, func(), error) {
+	if err := netns.Check(); err != nil {
+		return env{}, nil, fmt.Errorf("--link-rate: %w", err)
+	}
+	lab, err := netns.Setup(fmt.Sprintf("%s%d", prefix, os.Getpid()), n, rate, delay)
+	if err != nil {
+		return env{}, nil, fmt.Errorf("--link-rate: %w", err)
+	}
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
+	go func() {
+		if _, ok := <-sig; ok {
+			lab.Close()
+			os.Exit(130)
+		}
+	}()
+	done := func() {
+		signal.Stop(sig)
+		close(sig)
+		lab.Close()
+	}
+	return env{exe: exe, lab: lab}, done, nil
+}
+
 func (e env) host(i int) string {
 	if e.lab == nil {
 		return "127.0.0.1"
@@ -216,27 +243,12 @@ func runARBench(ctx context.Context, f arBenchFlags) error {
 	}
 	e := env{exe: exe}
 	if f.linkRate != "" {
-		if err := netns.Check(); err != nil {
-			return fmt.Errorf("--link-rate: %w", err)
+		var done func()
+		if e, done, err = shapedEnv(exe, "dtar", max(2, slices.Max(f.worlds)), f.linkRate, f.delay); err != nil {
+			return err
 		}
-		maxWorld := slices.Max(f.worlds)
-		lab, err := netns.Setup(fmt.Sprintf("dtar%d", os.Getpid()), max(2, maxWorld), f.linkRate, f.delay)
-		if err != nil {
-			return fmt.Errorf("--link-rate: %w", err)
-		}
-		defer lab.Close()
-		// Tear the namespaces down on ^C too.
-		sig := make(chan os.Signal, 1)
-		signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
-		defer signal.Stop(sig)
-		go func() {
-			if _, ok := <-sig; ok {
-				lab.Close()
-				os.Exit(130)
-			}
-		}()
-		e.lab = lab
-		fmt.Printf("# network namespaces %v, members' egress shaped to %s", lab.NS, f.linkRate)
+		defer done()
+		fmt.Printf("# network namespaces %v, members' egress shaped to %s", e.lab.NS, f.linkRate)
 		if f.delay != "" {
 			fmt.Printf(", delay %s", f.delay)
 		}

@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -16,13 +15,7 @@ func TestBenchAllreduce(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds the trainer and runs worker processes")
 	}
-	repo, _ := filepath.Abs("../..")
-	bin := filepath.Join(t.TempDir(), "trainer")
-	build := exec.Command("go", "build", "-o", bin, "./cmd/trainer")
-	build.Dir = repo
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("build: %v\n%s", err, out)
-	}
+	bin := trainerBin(t)
 	cmd := exec.Command(bin, "bench", "allreduce", "--world", "2", "--sizes", "1", "--codecs", "none,int8",
 		"--reps", "2", "--tcp-mib", "8", "--checksum")
 	var stderr bytes.Buffer

@@ -15,20 +15,17 @@ import (
 	"io"
 	"math"
 	"os"
-	"os/signal"
 	"runtime"
 	"slices"
 	"sort"
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/difftrain/difftrain/allreduce"
-	"github.com/difftrain/difftrain/allreduce/netns"
 	"github.com/difftrain/difftrain/compute"
 	"github.com/difftrain/difftrain/compute/device"
 	"github.com/difftrain/difftrain/train/overlapbench"
@@ -201,24 +198,11 @@ func runBenchOverlap(stdout, stderr io.Writer, f *benchOverlapFlags) error {
 	}
 	e := env{exe: exe}
 	if f.linkRate != "" {
-		if err := netns.Check(); err != nil {
-			return fmt.Errorf("--link-rate: %w", err)
+		var done func()
+		if e, done, err = shapedEnv(exe, "dtov", f.world, f.linkRate, f.delay); err != nil {
+			return err
 		}
-		lab, err := netns.Setup(fmt.Sprintf("dtov%d", os.Getpid()), f.world, f.linkRate, f.delay)
-		if err != nil {
-			return fmt.Errorf("--link-rate: %w", err)
-		}
-		defer lab.Close()
-		sig := make(chan os.Signal, 1)
-		signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
-		defer signal.Stop(sig)
-		go func() {
-			if _, ok := <-sig; ok {
-				lab.Close()
-				os.Exit(130)
-			}
-		}()
-		e.lab = lab
+		defer done()
 	}
 	plan := overlapbench.Plan{
 		Device: f.device, Precision: f.precision, BLAS: f.blas, Threads: threads,

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -17,13 +16,7 @@ func TestBenchOverlap(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds the trainer and runs two processes")
 	}
-	repo, _ := filepath.Abs("../..")
-	bin := filepath.Join(t.TempDir(), "trainer")
-	build := exec.Command("go", "build", "-o", bin, "./cmd/trainer")
-	build.Dir = repo
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("build: %v\n%s", err, out)
-	}
+	bin := trainerBin(t)
 	const steps = 2
 	cmd := exec.Command(bin, "--log-level", "warn", "bench", "overlap", "--world", "2", "--threads", "1",
 		"--layers", "1", "--dim", "32", "--heads", "2", "--seq", "16", "--batch", "4",

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"math/rand/v2"
 	"os"
 	"runtime"
 	"strings"
@@ -15,6 +14,7 @@ import (
 	"github.com/difftrain/difftrain/compute"
 	"github.com/difftrain/difftrain/compute/cpu"
 	"github.com/difftrain/difftrain/compute/device"
+	"github.com/difftrain/difftrain/dataset"
 	"github.com/difftrain/difftrain/model"
 	"github.com/difftrain/difftrain/train"
 )
@@ -72,19 +72,6 @@ func openBench(dev, precision, blas string, threads int) (compute.Backend, error
 	return device.Open(dev, precision, threads)
 }
 
-// randomSource serves random byte-level tokens (never the mask id 3).
-type randomSource struct{ n, vocab int }
-
-func (r randomSource) SeqLen() int { return r.n }
-func (r randomSource) Vocab() int  { return r.vocab }
-func (r randomSource) Sample(k int64, dst []int32) error {
-	rng := rand.New(rand.NewPCG(uint64(k), 1))
-	for i := range dst {
-		dst[i] = int32(4 + rng.IntN(r.vocab-4))
-	}
-	return nil
-}
-
 type benchStepResult struct {
 	Backend      string  `json:"backend"`
 	Config       string  `json:"config"`
@@ -120,7 +107,7 @@ func runBenchStep(f *benchStepFlags) error {
 		return err
 	}
 	defer tr.Close()
-	src := randomSource{n: f.seq, vocab: f.vocab}
+	src := dataset.Random{Seq: f.seq, Vocabulary: f.vocab}
 	ctx := context.Background()
 	var res train.Result
 	for s := 0; s < f.warmup; s++ {

@@ -21,12 +21,7 @@ func TestDemo(t *testing.T) {
 	}
 	repo, _ := filepath.Abs("../..")
 	dir := t.TempDir()
-	bin := filepath.Join(dir, "trainer")
-	build := exec.Command("go", "build", "-o", bin, "./cmd/trainer")
-	build.Dir = repo
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("build: %v\n%s", err, out)
-	}
+	bin := trainerBin(t)
 	demo := filepath.Join(dir, "demo")
 	cmd := exec.Command("bash", "scripts/demo.sh")
 	cmd.Dir = repo

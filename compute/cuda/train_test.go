@@ -3,27 +3,14 @@ package cuda
 import (
 	"context"
 	"math"
-	"math/rand/v2"
 	"strings"
 	"testing"
 
 	"github.com/difftrain/difftrain/compute"
+	"github.com/difftrain/difftrain/dataset"
 	"github.com/difftrain/difftrain/model"
 	"github.com/difftrain/difftrain/train"
 )
-
-// randomTokens is a Source of random byte-level tokens (never the mask id).
-type randomTokens struct{ n, vocab int }
-
-func (r randomTokens) SeqLen() int { return r.n }
-func (r randomTokens) Vocab() int  { return r.vocab }
-func (r randomTokens) Sample(k int64, dst []int32) error {
-	rng := rand.New(rand.NewPCG(uint64(k), 2))
-	for i := range dst {
-		dst[i] = int32(4 + rng.IntN(r.vocab-4))
-	}
-	return nil
-}
 
 func losses(t *testing.T, b compute.Backend, steps int) []float64 {
 	t.Helper()
@@ -34,7 +21,7 @@ func losses(t *testing.T, b compute.Backend, steps int) []float64 {
 		t.Fatal(err)
 	}
 	defer tr.Close()
-	src := randomTokens{n: 16, vocab: 64}
+	src := dataset.Random{Seq: 16, Vocabulary: 64}
 	var out []float64
 	for s := 0; s < steps; s++ {
 		r, err := tr.Step(context.Background(), src, int64(s), 0, 1, nil)

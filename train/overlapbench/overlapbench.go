@@ -21,7 +21,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"net"
 	"runtime"
 	"time"
@@ -30,6 +29,7 @@ import (
 
 	"github.com/difftrain/difftrain/allreduce"
 	"github.com/difftrain/difftrain/compute"
+	"github.com/difftrain/difftrain/dataset"
 	"github.com/difftrain/difftrain/diffusion"
 	"github.com/difftrain/difftrain/model"
 	"github.com/difftrain/difftrain/train"
@@ -207,7 +207,7 @@ func run(plan Plan, open func(Plan) (compute.Backend, error), gradT, statsT allr
 	for _, m := range Modes {
 		res[m] = &Result{Mode: m}
 	}
-	src := randomSource{n: c.Model.SeqLen, vocab: c.Model.Vocab}
+	src := dataset.Random{Seq: c.Model.SeqLen, Vocabulary: c.Model.Vocab}
 	var step int64
 	for round := range plan.Warmup + plan.Steps {
 		for j := range Modes {
@@ -360,18 +360,4 @@ func (s *serialSync) Wait(local diffusion.Metrics) (diffusion.Metrics, error) {
 	}
 	s.grads = nil
 	return s.ringSync.Wait(local)
-}
-
-// randomSource serves random byte-level tokens (never the special ids 0-3),
-// as `trainer bench step` does.
-type randomSource struct{ n, vocab int }
-
-func (r randomSource) SeqLen() int { return r.n }
-func (r randomSource) Vocab() int  { return r.vocab }
-func (r randomSource) Sample(k int64, dst []int32) error {
-	rng := rand.New(rand.NewPCG(uint64(k), 1))
-	for i := range dst {
-		dst[i] = int32(4 + rng.IntN(r.vocab-4))
-	}
-	return nil
 }
