@@ -102,7 +102,10 @@ func TestFailures(t *testing.T) {
 	if raceEnabled || testing.Short() {
 		length = 60_000
 	}
-	kinds := []string{"inmem", "grpc"}
+	// grpc-large sends messages of 256 KiB, which the receivers keep in
+	// gRPC's buffers and forward from there, so failures strike while such
+	// frames are queued and in flight.
+	kinds := []string{"inmem", "grpc", "grpc-large"}
 	for _, kind := range kinds {
 		for _, mode := range []string{"kill", "corrupt", "garbage", "stall"} {
 			t.Run(kind+"/"+mode, func(t *testing.T) {
@@ -111,6 +114,11 @@ func TestFailures(t *testing.T) {
 					deadline = 400 * time.Millisecond
 				}
 				cfg := Config{ChunkBytes: 4 * 1024, Deadline: deadline, Checksum: mode == "corrupt"}
+				length, after := length, int64(20)
+				if kind == "grpc-large" {
+					// 6 hops of 3 chunks: fail halfway through.
+					cfg.ChunkBytes, length, after = 256<<10, 600_000, 9
+				}
 				var ts []Transport
 				for i := range n {
 					var tr Transport
@@ -125,7 +133,7 @@ func TestFailures(t *testing.T) {
 						tr = g
 					}
 					if i == 2 && mode != "stall" {
-						tr = &faulty{Transport: tr, after: 20, mode: mode}
+						tr = &faulty{Transport: tr, after: after, mode: mode}
 					}
 					ts = append(ts, tr)
 				}
