@@ -327,21 +327,29 @@ func (c *Cluster) Close(ctx context.Context) error {
 	if err := c.ml.UpdateNode(c.cfg.Timing.RPCTimeout); err != nil {
 		c.log.Warn("announce leaving", "err", err)
 	}
+	outer := ctx
+	allLeaving := false
 	ctx, cancel := context.WithTimeout(ctx, c.cfg.Timing.LeaveWait)
 	defer cancel()
 	for {
 		// A newer generation shows in the others' metadata: it cannot
 		// include this member, which refuses proposals while leaving.
 		// (Never call memberlist holding c.mu.)
-		others, newest := 0, uint64(0)
+		// When every other member is leaving too (the run has finished),
+		// no ring will form at all.
+		others, leaving, newest := 0, 0, uint64(0)
 		for _, m := range c.Members() {
 			if m.Name != c.name {
 				others++
+				if m.State == StateLeaving {
+					leaving++
+				}
 				newest = max(newest, m.Gen)
 			}
 		}
+		allLeaving = others == leaving
 		c.mu.Lock()
-		done := others == 0 || newest > c.mine || !c.cur.Has(c.name) || len(c.cur.Ring) <= 1
+		done := allLeaving || newest > c.mine || !c.cur.Has(c.name) || len(c.cur.Ring) <= 1
 		ch := c.changed
 		c.mu.Unlock()
 		if done {
@@ -358,7 +366,18 @@ func (c *Cluster) Close(ctx context.Context) error {
 			break
 		}
 	}
-	err := c.ml.Leave(c.cfg.Timing.RPCTimeout)
+	// Tell the others, within what is left of the caller's time: peers
+	// that are shutting down as well will not acknowledge.
+	lt := c.cfg.Timing.RPCTimeout
+	if d, ok := outer.Deadline(); ok {
+		lt = max(100*time.Millisecond, min(lt, time.Until(d)))
+	}
+	err := c.ml.Leave(lt)
+	if err != nil && allLeaving {
+		// Nobody is left to acknowledge: the run is over for everyone.
+		c.log.Debug("leave gossip", "err", err)
+		err = nil
+	}
 	if err != nil {
 		err = fmt.Errorf("leave gossip: %w", err)
 	}

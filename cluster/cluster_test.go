@@ -6,6 +6,7 @@ import (
 	"net"
 	"slices"
 	"strconv"
+	"sync"
 	"testing"
 	"time"
 )
@@ -312,4 +313,34 @@ func TestStuckNodeDropped(t *testing.T) {
 	if g.Has(stuck.c.Name()) {
 		t.Errorf("stuck member kept: %v", g)
 	}
+}
+
+// TestAllLeaveAtOnce: at the end of a run every member leaves at the same
+// time. None waits for a ring without itself (none will form) or for a
+// leave acknowledgement from peers that are gone, and none reports an error.
+func TestAllLeaveAtOnce(t *testing.T) {
+	h := newHarness(t, nil)
+	nodes := []*testNode{h.start("end", nil), h.start("end", nil), h.start("end", nil)}
+	agree(t, settle, nodes...)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	start := time.Now()
+	errs := make([]error, len(nodes))
+	var wg sync.WaitGroup
+	for i, n := range nodes {
+		h.mu.Lock()
+		n.done = true
+		h.mu.Unlock()
+		wg.Go(func() {
+			errs[i] = n.c.Close(ctx)
+			n.srv.Stop()
+		})
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Errorf("member %d: %v", i, err)
+		}
+	}
+	t.Logf("all left in %v", time.Since(start).Round(time.Millisecond))
 }

@@ -2,7 +2,9 @@ package cluster
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
 	"sync"
 	"time"
@@ -209,7 +211,11 @@ func (c *Cluster) propose(p *proposal) (map[string]*ack, bool) {
 		switch {
 		case err != nil:
 			ok = false
-			c.log.Warn("proposal failed", "id", p.ID, "member", m.Name, "err", err)
+			level := slog.LevelWarn
+			if errors.Is(err, ErrClosed) {
+				level = slog.LevelDebug // this member is shutting down
+			}
+			c.log.Log(ctx, level, "proposal failed", "id", p.ID, "member", m.Name, "err", err)
 			c.punish(m.Name)
 		case !a.OK:
 			ok = false

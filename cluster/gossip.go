@@ -161,6 +161,9 @@ func (w slogWriter) Write(p []byte) (int, error) {
 			break
 		}
 	}
+	if bytes.Contains(msg, []byte("use of closed network connection")) {
+		level = slog.LevelDebug // gossip still in flight as this member shuts down
+	}
 	w.log.Log(context.Background(), level, string(msg), "component", "gossip")
 	return len(p), nil
 }
