@@ -213,7 +213,7 @@ func (c *Cluster) propose(p *proposal) (map[string]*ack, bool) {
 			ok = false
 			level := slog.LevelWarn
 			if errors.Is(err, ErrClosed) {
-				level = slog.LevelDebug // this member is shutting down
+				level = slog.LevelDebug // this member or that one is shutting down
 			}
 			c.log.Log(ctx, level, "proposal failed", "id", p.ID, "member", m.Name, "err", err)
 			c.punish(m.Name)

@@ -2,7 +2,9 @@ package cluster
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"strings"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -40,7 +42,12 @@ var serviceDesc = grpc.ServiceDesc{
 	HandlerType: (*control)(nil),
 	Methods: []grpc.MethodDesc{
 		{MethodName: "Propose", Handler: unary(methodPropose, func(ctx context.Context, c control, p *proposal) (*ack, error) {
-			return c.handlePropose(ctx, p)
+			a, err := c.handlePropose(ctx, p)
+			if errors.Is(err, ErrClosed) {
+				// Tell the coordinator this member is leaving, not broken.
+				return nil, status.Error(codes.Unavailable, err.Error())
+			}
+			return a, err
 		})},
 		{MethodName: "Commit", Handler: unary(methodCommit, func(_ context.Context, c control, m *commit) (*reply, error) {
 			return c.handleCommit(m), nil
@@ -105,6 +112,9 @@ func (c *Cluster) call(ctx context.Context, addr, method string, req, resp messa
 		return err
 	}
 	if err := cc.Invoke(ctx, method, req, resp, grpc.ForceCodec(codec{})); err != nil {
+		if st, ok := status.FromError(err); ok && st.Code() == codes.Unavailable && strings.HasSuffix(st.Message(), ErrClosed.Error()) {
+			return fmt.Errorf("%s to %s: %w: %s", method, addr, ErrClosed, st.Message())
+		}
 		return fmt.Errorf("%s to %s: %w", method, addr, err)
 	}
 	return nil
