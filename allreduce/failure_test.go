@@ -44,8 +44,10 @@ func (l *faultyLink) Send(ctx context.Context, fr *Frame) error {
 			fr.Release()
 			return errors.New("killed")
 		case "corrupt":
-			if len(fr.Buf) > headerSize {
-				fr.Buf[len(fr.Buf)-1] ^= 0x5a
+			// On the wire, not in the sender's memory: a zero-copy
+			// payload is the sender's gradient.
+			if b := fr.bytes(); len(b) > headerSize {
+				b[len(b)-1] ^= 0x5a
 			}
 		case "garbage":
 			fr.Buf[0] ^= 0x5a
