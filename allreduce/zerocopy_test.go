@@ -106,11 +106,7 @@ func TestZeroCopyViewsOutliveSend(t *testing.T) {
 					}
 				}
 				for i := range xs {
-					for k := range want {
-						if math.Float32bits(xs[i][k]) != math.Float32bits(want[k]) {
-							t.Fatalf("step %d member %d element %d: got %v, want %v", step, i, k, xs[i][k], want[k])
-						}
-					}
+					sameBits(t, step, i, xs[i], want)
 				}
 			}
 		})
@@ -132,11 +128,17 @@ func TestZeroCopySmallMessagesOverGRPC(t *testing.T) {
 			}
 		}
 		for i := range xs {
-			for k := range want {
-				if math.Float32bits(xs[i][k]) != math.Float32bits(want[k]) {
-					t.Fatalf("step %d member %d element %d: got %v, want %v", step, i, k, xs[i][k], want[k])
-				}
-			}
+			sameBits(t, step, i, xs[i], want)
+		}
+	}
+}
+
+// sameBits fails t unless member's result got is bitwise want.
+func sameBits(t *testing.T, step uint64, member int, got, want []float32) {
+	t.Helper()
+	for k := range want {
+		if math.Float32bits(got[k]) != math.Float32bits(want[k]) {
+			t.Fatalf("step %d member %d element %d: got %v, want %v", step, member, k, got[k], want[k])
 		}
 	}
 }

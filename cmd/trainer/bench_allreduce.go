@@ -181,6 +181,20 @@ func (e env) command(i int, args ...string) *exec.Cmd {
 	return e.lab.Command(i, e.exe, args...)
 }
 
+// benchEnv returns where a benchmark's processes run: this executable on
+// 127.0.0.1 or, with a rate, in n network namespaces whose links are shaped
+// to it; done tears the namespaces down.
+func benchEnv(prefix string, n int, rate, delay string) (e env, done func(), err error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return env{}, nil, fmt.Errorf("find own executable: %w", err)
+	}
+	if rate == "" {
+		return env{exe: exe}, func() {}, nil
+	}
+	return shapedEnv(exe, prefix, n, rate, delay)
+}
+
 // shapedEnv sets up n network namespaces whose links are shaped to rate
 // (and delay) and returns the env that runs members in them, with the
 // function that tears them down (which also happens on ^C).
@@ -237,17 +251,12 @@ func runARBench(ctx context.Context, f arBenchFlags) error {
 	if f.mpi != "" && f.linkRate != "" {
 		return errors.New("--mpi runs on loopback only; drop --link-rate")
 	}
-	exe, err := os.Executable()
+	e, done, err := benchEnv("dtar", max(2, slices.Max(f.worlds)), f.linkRate, f.delay)
 	if err != nil {
-		return fmt.Errorf("find own executable: %w", err)
+		return err
 	}
-	e := env{exe: exe}
-	if f.linkRate != "" {
-		var done func()
-		if e, done, err = shapedEnv(exe, "dtar", max(2, slices.Max(f.worlds)), f.linkRate, f.delay); err != nil {
-			return err
-		}
-		defer done()
+	defer done()
+	if e.lab != nil {
 		fmt.Printf("# network namespaces %v, members' egress shaped to %s", e.lab.NS, f.linkRate)
 		if f.delay != "" {
 			fmt.Printf(", delay %s", f.delay)

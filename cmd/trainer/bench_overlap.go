@@ -192,18 +192,11 @@ func runBenchOverlap(stdout, stderr io.Writer, f *benchOverlapFlags) error {
 		fmt.Fprintf(stderr, "warning: %d members x %d threads exceed the %d CPUs; the members will preempt each other\n",
 			f.world, threads, runtime.NumCPU())
 	}
-	exe, err := os.Executable()
+	e, done, err := benchEnv("dtov", f.world, f.linkRate, f.delay)
 	if err != nil {
-		return fmt.Errorf("bench overlap: find own executable: %w", err)
+		return fmt.Errorf("bench overlap: %w", err)
 	}
-	e := env{exe: exe}
-	if f.linkRate != "" {
-		var done func()
-		if e, done, err = shapedEnv(exe, "dtov", f.world, f.linkRate, f.delay); err != nil {
-			return err
-		}
-		defer done()
-	}
+	defer done()
 	plan := overlapbench.Plan{
 		Device: f.device, Precision: f.precision, BLAS: f.blas, Threads: threads,
 		Train: tc, Steps: f.steps, Warmup: f.warmup, Codec: f.codec,
