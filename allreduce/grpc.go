@@ -227,8 +227,8 @@ func NewGRPCService(addr, name string, opts ...grpc.DialOption) *GRPCTransport {
 		experimental.WithBufferPool(recvPool),
 		// gRPC keeps the first 256 KiB a stream sends for transparent
 		// retries until the server answers, which ours never does before
-		// the end: a zero-copy message would stay in its hands. Commit at
-		// once instead (a broken stream fails the step anyway).
+		// the end, pinning those frames. Commit at once instead (a broken
+		// stream fails the step anyway).
 		grpc.WithDefaultCallOptions(grpc.MaxCallSendMsgSize(MaxMessage), grpc.MaxCallRecvMsgSize(MaxMessage),
 			grpc.MaxRetryRPCBufferSize(0)),
 	}
@@ -405,11 +405,6 @@ func (l *grpcLink) drain(d time.Duration) {
 		l.stream.RecvMsg(&Frame{}) // returns when the server's handler ends
 	}
 }
-
-// Abandon closes the link's connection and waits for gRPC's writer to stop,
-// so that no buffer handed to Send is read afterwards. The next Dial makes
-// a new one.
-func (l *grpcLink) Abandon() { l.close() }
 
 func (l *grpcLink) close() {
 	l.broken.Store(true)

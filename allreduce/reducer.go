@@ -149,11 +149,8 @@ type Reducer struct {
 	out         []float32 // sender scratch: what the receivers will decode
 	pending     *Frame    // a message for a newer generation, kept for it
 	prefix      []int     // receive events before each hop
-	sprefix     []int     // zero-copy sends before each of the first n hops
-	views       views     // zero-copy sends in the transport's hands
-	link        Link      // to the right neighbour, of the last run
 	flags       uint8     // of data messages: flagCRC with Config.Checksum
-	pieces      [][]byte  // receiver scratch: a payload's pieces
+	views       [][]byte  // receiver scratch: a payload's pieces
 	scratch     []byte    // receiver scratch: a block codec's joined payload
 	prog        progress
 
@@ -220,7 +217,6 @@ func New(t Transport, n int, cfg Config) (*Reducer, error) {
 	}
 	r.cond.L = &r.mu
 	r.prog.cond.L = &r.prog.mu
-	r.views.cond.L = &r.views.mu
 	per := max(1, cfg.BucketBytes/4)
 	for hi := n; hi > 0; hi -= per {
 		r.buckets = append(r.buckets, span{max(0, hi-per), hi})
@@ -403,7 +399,6 @@ func (r *Reducer) run(ctx context.Context, gen Generation, step uint64, grad []f
 			r.setErr(err)
 			r.mu.Unlock()
 			r.abort(gen, step, uint32(i), err)
-			r.letGo()
 			return
 		}
 	}

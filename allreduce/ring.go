@@ -7,7 +7,6 @@ import (
 	"hash/crc32"
 	"sync"
 	"time"
-	"unsafe"
 )
 
 // The ring, for n members and a bucket x of N elements: x is cut into n
@@ -132,9 +131,6 @@ type ring struct {
 	chunk       int // elements per message
 	left, right Peer
 	link        Link
-	// zeroCopy: codec none sends views of x (see zerocopy.go); the send
-	// of hop t ≤ n−1, chunk c has index r.sprefix[t]+c.
-	zeroCopy bool
 }
 
 func mod(a, n int) int { return ((a % n) + n) % n }
@@ -193,16 +189,6 @@ func (r *Reducer) reduce(ctx context.Context, gen Generation, step uint64, bucke
 			sum += g.chunks(mod(g.rank-t-1, n))
 		}
 	}
-	g.zeroCopy = r.info.name == CodecNone && littleEndian
-	if g.zeroCopy {
-		r.sprefix = r.sprefix[:0]
-		sum := 0
-		for t := 0; t < n; t++ {
-			r.sprefix = append(r.sprefix, sum)
-			sum += g.chunks(mod(g.rank-t, n))
-		}
-		r.views.reset(sum)
-	}
 	r.prog.reset()
 	ctx, cancel = context.WithCancel(ctx)
 	// While this member waits for its left neighbour, it tells its right one
@@ -248,32 +234,7 @@ func (r *Reducer) reduce(ctx context.Context, gen Generation, step uint64, bucke
 	}
 	<-sent
 	r.prog.drain()
-	r.link = link
-	if g.zeroCopy && r.prog.err == nil && !r.views.waitAll(ctx.Done(), r.cfg.Deadline) {
-		// x goes back to the caller only once the transport is done with it.
-		r.prog.fail(&PeerError{Peer: g.right, Op: "send", rank: mod(g.rank+1, n), origin: g.rank,
-			Err: fmt.Errorf("data not taken within the %v deadline", r.cfg.Deadline)})
-	}
 	return r.prog.err
-}
-
-// letGo makes sure, after a failed run, that the transport no longer reads
-// the zero-copy views of the bucket, which goes back to the caller. It
-// waits for the abort message to go out (the link must stay whole for it),
-// then briefly for the views to be released; past that it closes the link,
-// which stops the transport for good.
-func (r *Reducer) letGo() {
-	if r.views.waitAll(nil, 0) {
-		return
-	}
-	r.aborts.Wait()
-	if r.views.waitAll(nil, abortGrace) {
-		return
-	}
-	if a, ok := r.link.(interface{ Abandon() }); ok {
-		a.Abandon()
-	}
-	r.views.abandon()
 }
 
 // send runs the sending half of the ring.
@@ -347,14 +308,6 @@ func (g *ring) beat(ctx context.Context) error {
 func (g *ring) encode(t, c, lo, hi int) *Frame {
 	r := g.r
 	src := g.x[lo:hi]
-	if g.zeroCopy && 4*len(src) >= zeroCopyMin {
-		f := r.sendPool.Get(headerSize)
-		h := header{kind: kindData, codec: r.info.id, flags: r.flags, gen: g.gen.ID, step: g.step, bucket: g.bucket,
-			hop: uint16(t), from: uint16(g.rank), chunk: uint32(c), count: uint32(len(src))}
-		h.put(f.Buf, unsafe.Slice((*byte)(unsafe.Pointer(&src[0])), 4*len(src)))
-		f.parts = append(f.parts, r.views.buffer(r.sprefix[t]+c, src))
-		return f
-	}
 	var out []float32
 	if r.info.lossy && (g.resid != nil || t == g.n-1) {
 		out = r.out[:len(src)]
@@ -400,16 +353,6 @@ func (g *ring) receive(ctx context.Context) error {
 				f.Release()
 				return &PeerError{Peer: from, Op: "receive", rank: rank, origin: g.rank,
 					Err: fmt.Errorf("unexpected message %+v, want %+v", h, want)}
-			}
-			// In the all-gather this member overwrites the segment it sent
-			// n−1 hops before: the transport must be done with that view.
-			if g.zeroCopy && t >= g.n-1 && !r.views.wait(r.sprefix[t-g.n+1]+c, ctx.Done(), r.cfg.Deadline) {
-				f.Release()
-				if ctx.Err() != nil {
-					return ctx.Err()
-				}
-				return &PeerError{Peer: g.right, Op: "send", rank: mod(g.rank+1, g.n), origin: g.rank,
-					Err: fmt.Errorf("data not taken within the %v deadline", r.cfg.Deadline)}
 			}
 			if err := r.apply(g.x[clo:chi], f, sum, t < g.n-1); err != nil {
 				f.Release()
@@ -512,7 +455,7 @@ const applyRun = 16 << 10
 // element split between two of gRPC's buffers is joined first); block codecs
 // get it joined into one scratch buffer.
 func (r *Reducer) apply(dst []float32, f *Frame, sum uint32, add bool) error {
-	r.pieces = f.payload(r.pieces[:0])
+	r.views = f.payload(r.views[:0])
 	code := r.dec.decode
 	if add {
 		code = r.dec.accumulate
@@ -522,14 +465,14 @@ func (r *Reducer) apply(dst []float32, f *Frame, sum uint32, add bool) error {
 	w := r.info.width
 	if w == 0 {
 		n := 0
-		for _, v := range r.pieces {
+		for _, v := range r.views {
 			n += len(v)
 		}
 		if cap(r.scratch) < n {
 			r.scratch = make([]byte, n)
 		}
 		buf := r.scratch[:0]
-		for _, v := range r.pieces {
+		for _, v := range r.views {
 			if check {
 				crc = crc32.Update(crc, castagnoli, v)
 			}
@@ -550,7 +493,7 @@ func (r *Reducer) apply(dst []float32, f *Frame, sum uint32, add bool) error {
 		i += m
 		return code(dst[i-m:i], b)
 	}
-	for _, v := range r.pieces {
+	for _, v := range r.views {
 		for len(v) > 0 {
 			run := v[:min(len(v), applyRun)]
 			v = v[len(run):]
