@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -128,14 +129,29 @@ func testData(t *testing.T) string {
 	return dataDir
 }
 
+// freeAddr returns an address on 127.0.0.1 whose port is free for both TCP
+// and UDP (gossip binds both). It picks below Linux's ephemeral range
+// (32768 and up): a port the kernel hands out for ":0" can be taken by any
+// outgoing connection between this check and the child's bind, which made
+// a child fail with "address already in use" now and then.
 func freeAddr(t *testing.T) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	for range 200 {
+		addr := fmt.Sprintf("127.0.0.1:%d", 20000+rand.IntN(12000))
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			continue
+		}
+		u, err := net.ListenPacket("udp", addr)
+		l.Close()
+		if err != nil {
+			continue
+		}
+		u.Close()
+		return addr
 	}
-	defer l.Close()
-	return l.Addr().String()
+	t.Fatal("no free port for both TCP and UDP in 20000-31999")
+	return ""
 }
 
 // proc is one node process.
