@@ -464,22 +464,24 @@ func (r *Reducer) apply(dst []float32, f *Frame, sum uint32, add bool) error {
 	check := r.flags&flagCRC != 0
 	w := r.info.width
 	if w == 0 {
-		n := 0
-		for _, v := range r.views {
-			n += len(v)
-		}
-		if cap(r.scratch) < n {
-			r.scratch = make([]byte, n)
-		}
-		buf := r.scratch[:0]
-		for _, v := range r.views {
-			if check {
-				crc = crc32.Update(crc, castagnoli, v)
+		// A block codec needs its payload in one piece: join the pieces
+		// unless there is only one.
+		var buf []byte
+		switch len(r.views) {
+		case 0:
+		case 1:
+			buf = r.views[0]
+		default:
+			buf = r.scratch[:0]
+			for _, v := range r.views {
+				buf = append(buf, v...)
 			}
-			buf = append(buf, v...)
+			r.scratch = buf
 		}
-		if check && crc != sum {
-			return errChecksum{crc, sum}
+		if check {
+			if got := crc32.Checksum(buf, castagnoli); got != sum {
+				return errChecksum{got, sum}
+			}
 		}
 		return code(dst, buf)
 	}

@@ -149,6 +149,36 @@ func (p *process) line() (string, error) {
 	return "", io.ErrUnexpectedEOF
 }
 
+// startMembers starts n member processes, member i from cmd(i), each of
+// which first prints "addr ADDR", and returns them with their addresses as
+// ring peers w0, w1, ... On an error it stops the ones it started.
+func startMembers(n int, cmd func(i int) *exec.Cmd) ([]*process, []allreduce.Peer, error) {
+	var procs []*process
+	var members []allreduce.Peer
+	for i := range n {
+		p, err := start(cmd(i))
+		if err != nil {
+			stopAll(procs)
+			return nil, nil, fmt.Errorf("member %d: %w", i, err)
+		}
+		procs = append(procs, p)
+		l, err := p.line()
+		addr, ok := strings.CutPrefix(l, "addr ")
+		if err != nil || !ok {
+			stopAll(procs)
+			return nil, nil, fmt.Errorf("member %d: no address (%q): %v", i, l, err)
+		}
+		members = append(members, allreduce.Peer{Name: fmt.Sprintf("w%d", i), Addr: addr})
+	}
+	return procs, members, nil
+}
+
+func stopAll(procs []*process) {
+	for _, p := range procs {
+		p.stop()
+	}
+}
+
 // stop lets the process finish (workers end with a barrier) and kills it if
 // it has not within a few seconds.
 func (p *process) stop() {
@@ -345,29 +375,13 @@ type arRow struct {
 // runWorld starts n workers, hands them the plan and passes on each result
 // as it comes.
 func runWorld(e env, n int, f arBenchFlags, emit func(arRow)) error {
-	var procs []*process
-	defer func() {
-		for _, p := range procs {
-			p.stop()
-		}
-	}()
-	var members []allreduce.Peer
-	for i := range n {
-		p, err := start(e.command(i, "bench", "allreduce-worker", "--listen", e.host(i)+":0"))
-		if err != nil {
-			return err
-		}
-		procs = append(procs, p)
-		l, err := p.line()
-		if err != nil {
-			return fmt.Errorf("worker %d: no address: %w", i, err)
-		}
-		addr, ok := strings.CutPrefix(l, "addr ")
-		if !ok {
-			return fmt.Errorf("worker %d: unexpected %q", i, l)
-		}
-		members = append(members, allreduce.Peer{Name: fmt.Sprintf("w%d", i), Addr: addr})
+	procs, members, err := startMembers(n, func(i int) *exec.Cmd {
+		return e.command(i, "bench", "allreduce-worker", "--listen", e.host(i)+":0")
+	})
+	if err != nil {
+		return err
 	}
+	defer stopAll(procs)
 	for i, p := range procs {
 		plan := ringbench.Plan{Members: members, Rank: i, Sizes: f.sizes, Codecs: f.codecs, Reps: f.reps,
 			BucketMiB: f.bucketMiB, ChunkKiB: f.chunkKiB, Deadline: f.deadline, Checksum: f.checksum}
@@ -471,28 +485,16 @@ func measureRing(e env, n, mib int) (float64, error) {
 }
 
 func ringOnce(e env, n, mib int) (float64, error) {
-	var procs []*process
-	defer func() {
-		for _, p := range procs {
-			p.stop()
-		}
-	}()
+	procs, members, err := startMembers(n, func(i int) *exec.Cmd {
+		return e.command(i, "bench", "allreduce-tcpring", "--listen", e.host(i)+":0")
+	})
+	if err != nil {
+		return 0, fmt.Errorf("raw TCP ring: %w", err)
+	}
+	defer stopAll(procs)
 	var addrs []string
-	for i := range n {
-		p, err := start(e.command(i, "bench", "allreduce-tcpring", "--listen", e.host(i)+":0"))
-		if err != nil {
-			return 0, err
-		}
-		procs = append(procs, p)
-		l, err := p.line()
-		if err != nil {
-			return 0, fmt.Errorf("ring member %d: no address: %w", i, err)
-		}
-		addr, ok := strings.CutPrefix(l, "addr ")
-		if !ok {
-			return 0, fmt.Errorf("ring member %d: unexpected %q", i, l)
-		}
-		addrs = append(addrs, addr)
+	for _, m := range members {
+		addrs = append(addrs, m.Addr)
 	}
 	for i, p := range procs {
 		b, _ := json.Marshal(ringbench.RingPlan{Addrs: addrs, Rank: i, MiB: mib})

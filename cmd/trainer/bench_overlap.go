@@ -15,6 +15,7 @@ import (
 	"io"
 	"math"
 	"os"
+	"os/exec"
 	"runtime"
 	"slices"
 	"sort"
@@ -227,30 +228,16 @@ func runBenchOverlap(stdout, stderr io.Writer, f *benchOverlapFlags) error {
 // runOverlapWorkers starts the members, hands them the plan and collects
 // their reports.
 func runOverlapWorkers(e env, world, threads int, plan overlapbench.Plan) ([]overlapbench.Report, error) {
-	var procs []*process
-	defer func() {
-		for _, p := range procs {
-			p.stop()
-		}
-	}()
-	for i := range world {
+	procs, members, err := startMembers(world, func(i int) *exec.Cmd {
 		cmd := e.command(i, "--log-level", logLevel, "bench", "overlap-worker", "--listen", e.host(i)+":0")
 		cmd.Env = overlapWorkerEnv(threads)
-		p, err := start(cmd)
-		if err != nil {
-			return nil, fmt.Errorf("worker %d: %w", i, err)
-		}
-		procs = append(procs, p)
-		l, err := p.line()
-		if err != nil {
-			return nil, fmt.Errorf("worker %d: no address: %w", i, err)
-		}
-		addr, ok := strings.CutPrefix(l, "addr ")
-		if !ok {
-			return nil, fmt.Errorf("worker %d: unexpected %q", i, l)
-		}
-		plan.Members = append(plan.Members, allreduce.Peer{Name: fmt.Sprintf("w%d", i), Addr: addr})
+		return cmd
+	})
+	if err != nil {
+		return nil, err
 	}
+	defer stopAll(procs)
+	plan.Members = members
 	for i, p := range procs {
 		plan.Rank = i
 		b, err := json.Marshal(plan)
