@@ -28,22 +28,20 @@ import (
 
 	"github.com/difftrain/difftrain/allreduce"
 	"github.com/difftrain/difftrain/compute"
-	"github.com/difftrain/difftrain/compute/device"
 	"github.com/difftrain/difftrain/train/overlapbench"
 )
 
 type benchOverlapFlags struct {
-	world                     int
-	device, precision, blas   string
-	threads                   int
-	vocab, layers, dim, heads int
-	seq, batch, micro         int
-	steps, warmup             int
-	noise, codec              string
-	bucketMiB                 float64
-	deadline                  time.Duration
-	json                      bool
-	linkRate, delay           string
+	benchModel
+	world           int
+	threads         int
+	batch, micro    int
+	steps, warmup   int
+	codec           string
+	bucketMiB       float64
+	deadline        time.Duration
+	json            bool
+	linkRate, delay string
 }
 
 func init() {
@@ -76,20 +74,12 @@ global batch, split over the members.`,
 	}
 	fs := cmd.Flags()
 	fs.IntVar(&f.world, "world", 2, "ring members (separate processes)")
-	fs.StringVar(&f.device, "device", "cpu", "compute device: "+device.Kinds)
-	fs.StringVar(&f.precision, "precision", "fp32", "GEMM precision: "+device.Precisions)
-	fs.StringVar(&f.blas, "blas", "auto", "CPU BLAS: auto, openblas or gonum")
+	f.register(fs)
 	fs.IntVar(&f.threads, "threads", 0, "CPU threads and GOMAXPROCS per member (0: max(1, NumCPU/world))")
-	fs.IntVar(&f.vocab, "vocab", 260, "vocabulary size")
-	fs.IntVar(&f.layers, "layers", 4, "layers")
-	fs.IntVar(&f.dim, "dim", 128, "hidden size")
-	fs.IntVar(&f.heads, "heads", 4, "attention heads")
-	fs.IntVar(&f.seq, "seq", 128, "sequence length")
 	fs.IntVar(&f.batch, "batch", 16, "global batch in sequences, split over the members")
 	fs.IntVar(&f.micro, "micro-batch", 0, "micro-batch size (0: a member's whole share)")
 	fs.IntVar(&f.steps, "steps", 10, "timed steps per mode")
 	fs.IntVar(&f.warmup, "warmup", 2, "untimed rounds of all three modes first")
-	fs.StringVar(&f.noise, "noise", "masked", "noise type")
 	fs.StringVar(&f.codec, "codec", allreduce.CodecNone, "gradient codec: "+strings.Join(allreduce.Codecs, ", "))
 	fs.Float64Var(&f.bucketMiB, "bucket-mib", 25, "allreduce bucket size in MiB of fp32 (0: one bucket for the whole gradient)")
 	fs.DurationVar(&f.deadline, "deadline", 60*time.Second, "allreduce deadline for a silent peer")

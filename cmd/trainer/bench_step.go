@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/difftrain/difftrain/compute"
 	"github.com/difftrain/difftrain/compute/cpu"
@@ -19,15 +20,33 @@ import (
 	"github.com/difftrain/difftrain/train"
 )
 
-type benchStepFlags struct {
+// benchModel is what the step benchmarks share: the device and the model.
+type benchModel struct {
 	device, precision, blas   string
-	threads                   int
 	vocab, layers, dim, heads int
-	seq, batch, micro         int
-	steps, warmup             int
+	seq                       int
 	noise                     string
-	json                      bool
-	peakTFLOPS                float64
+}
+
+func (m *benchModel) register(fs *pflag.FlagSet) {
+	fs.StringVar(&m.device, "device", "cpu", "compute device: "+device.Kinds)
+	fs.StringVar(&m.precision, "precision", "fp32", "GEMM precision: "+device.Precisions)
+	fs.StringVar(&m.blas, "blas", "auto", "CPU BLAS: auto, openblas or gonum")
+	fs.IntVar(&m.vocab, "vocab", 260, "vocabulary size")
+	fs.IntVar(&m.layers, "layers", 4, "layers")
+	fs.IntVar(&m.dim, "dim", 128, "hidden size")
+	fs.IntVar(&m.heads, "heads", 4, "attention heads")
+	fs.IntVar(&m.seq, "seq", 128, "sequence length")
+	fs.StringVar(&m.noise, "noise", "masked", "noise type")
+}
+
+type benchStepFlags struct {
+	benchModel
+	threads       int
+	batch, micro  int
+	steps, warmup int
+	json          bool
+	peakTFLOPS    float64
 }
 
 func init() {
@@ -45,20 +64,12 @@ measured in the same run (or against --peak-tflops).`,
 		RunE: func(cmd *cobra.Command, args []string) error { return runBenchStep(f) },
 	}
 	fs := cmd.Flags()
-	fs.StringVar(&f.device, "device", "cpu", "compute device: "+device.Kinds)
-	fs.StringVar(&f.precision, "precision", "fp32", "GEMM precision: "+device.Precisions)
-	fs.StringVar(&f.blas, "blas", "auto", "CPU BLAS: auto, openblas or gonum")
+	f.register(fs)
 	fs.IntVar(&f.threads, "threads", 0, "CPU threads (0: GOMAXPROCS)")
-	fs.IntVar(&f.vocab, "vocab", 260, "vocabulary size")
-	fs.IntVar(&f.layers, "layers", 4, "layers")
-	fs.IntVar(&f.dim, "dim", 128, "hidden size")
-	fs.IntVar(&f.heads, "heads", 4, "attention heads")
-	fs.IntVar(&f.seq, "seq", 128, "sequence length")
 	fs.IntVar(&f.batch, "batch", 16, "batch size in sequences")
 	fs.IntVar(&f.micro, "micro-batch", 0, "micro-batch size (0: the batch)")
 	fs.IntVar(&f.steps, "steps", 10, "timed steps")
 	fs.IntVar(&f.warmup, "warmup", 2, "untimed steps first (touches every buffer)")
-	fs.StringVar(&f.noise, "noise", "masked", "noise type")
 	fs.BoolVar(&f.json, "json", false, "print one JSON object instead of text")
 	fs.Float64Var(&f.peakTFLOPS, "peak-tflops", 0, "peak for the utilisation figure (0: the GEMM measured in this run)")
 	benchCmd.AddCommand(cmd)
