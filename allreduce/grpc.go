@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -355,6 +356,26 @@ func (t *GRPCTransport) Dial(ctx context.Context, addr string) (Link, error) {
 	l := &grpcLink{addr: addr, conn: conn, stream: st, cancel: cancel}
 	t.links[addr] = l
 	return l, nil
+}
+
+// Retain closes the links to every address not in addrs: members that left
+// the ring. Their peers see the stream end, and the transport no longer
+// holds a connection, a stream and its buffers for them. A Reducer calls it
+// (through the Retainer interface) when it starts a step in a new
+// generation; callers that drive the transport themselves may call it too.
+func (t *GRPCTransport) Retain(addrs []string) {
+	t.mu.Lock()
+	var gone []*grpcLink
+	for a, l := range t.links {
+		if !slices.Contains(addrs, a) {
+			gone = append(gone, l)
+			delete(t.links, a)
+		}
+	}
+	t.mu.Unlock()
+	for _, l := range gone {
+		l.close()
+	}
 }
 
 // closeDrain bounds how long Close waits for queued messages to reach peers.

@@ -6,6 +6,7 @@ import (
 	"math"
 	"sync"
 	"testing"
+	"time"
 )
 
 // TestGRPCSums runs the ring over real gRPC streams on 127.0.0.1, every
@@ -111,4 +112,60 @@ func TestGRPCCloseDelivers(t *testing.T) {
 			}
 		}
 	}
+}
+
+// TestRetainClosesLeftMembers: when a ring continues without a member, the
+// first step of the new generation closes the link to it (its stream ends)
+// and keeps the links to the members that stay.
+func TestRetainClosesLeftMembers(t *testing.T) {
+	c := newGRPCCluster(t, 3, 70_000, Config{ChunkBytes: 64 << 10})
+	xs := inputs(3, 70_000, 7)
+	for i, err := range c.allreduce(1, 0, xs) {
+		if err != nil {
+			t.Fatalf("member %d: %v", i, err)
+		}
+	}
+	// Member 2 leaves: members 0 and 1 form generation 2. Member 1's right
+	// neighbour was member 2; its link there must go.
+	t1 := c.ts[1].(*GRPCTransport)
+	if !hasLink(t1, c.ts[2].Addr()) {
+		t.Fatal("member 1 has no link to member 2 after a step")
+	}
+	members := c.gen[0].Members[:2]
+	errs := make([]error, 2)
+	var wg sync.WaitGroup
+	for i := range 2 {
+		wg.Go(func() {
+			errs[i] = c.rs[i].Allreduce(context.Background(), Generation{ID: 2, Members: members, Rank: i}, 1, xs[i])
+		})
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Fatalf("generation 2, member %d: %v", i, err)
+		}
+	}
+	if hasLink(t1, c.ts[2].Addr()) {
+		t.Error("member 1 still holds a link to member 2, which left")
+	}
+	if !hasLink(t1, c.ts[0].Addr()) {
+		t.Error("member 1 lost its link to member 0, which stayed")
+	}
+	// Member 2 sees the stream from member 1 end.
+	select {
+	case f := <-c.ts[2].Inbox():
+		if f.Err == nil || f.Peer != t1.Addr() {
+			t.Errorf("member 2 got %+v, want the end of member 1's stream", f)
+		}
+		f.Release()
+	case <-time.After(10 * time.Second):
+		t.Error("member 2 never saw member 1's stream end")
+	}
+}
+
+func hasLink(t *GRPCTransport, addr string) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	l := t.links[addr]
+	return l != nil && !l.broken.Load()
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 )
 
@@ -91,6 +92,33 @@ func (t *InmemTransport) Dial(ctx context.Context, addr string) (Link, error) {
 	l := &inmemLink{src: t, dst: dst}
 	t.links[addr] = l
 	return l, nil
+}
+
+// Retain breaks the links to every address not in addrs, as
+// GRPCTransport.Retain does.
+func (t *InmemTransport) Retain(addrs []string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for a, l := range t.links {
+		if !slices.Contains(addrs, a) {
+			l.breakLink(errors.New("link closed: member left the ring"))
+			delete(t.links, a)
+		}
+	}
+}
+
+// Links returns the addresses this transport holds links to, sorted.
+func (t *InmemTransport) Links() []string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	var a []string
+	for k, l := range t.links {
+		if !l.isBroken() {
+			a = append(a, k)
+		}
+	}
+	slices.Sort(a)
+	return a
 }
 
 // Close implements Transport. Every member this one has a link to sees the

@@ -153,6 +153,7 @@ type Reducer struct {
 	views       [][]byte  // receiver scratch: a payload's pieces
 	scratch     []byte    // receiver scratch: a block codec's joined payload
 	prog        progress
+	genID       uint64 // generation of the last Begin
 
 	sent, recv, msgs, stale atomic.Uint64
 	aborts                  sync.WaitGroup
@@ -300,6 +301,9 @@ func (r *Reducer) Begin(ctx context.Context, gen Generation, step uint64, grad [
 		return errors.New("allreduce: Begin before the previous step's Wait")
 	}
 	r.aborts.Wait() // the last failure's abort message has gone out
+	if gen.ID != r.genID {
+		r.newGeneration(gen)
+	}
 	r.running, r.all, r.err = true, false, nil
 	for i, b := range r.buckets {
 		r.remain[i] = b.hi - b.lo
@@ -309,6 +313,19 @@ func (r *Reducer) Begin(ctx context.Context, gen Generation, step uint64, grad [
 	r.done = make(chan struct{})
 	go r.run(ctx, gen, step, grad)
 	return nil
+}
+
+// newGeneration runs when a step begins in a ring other than the last
+// step's: it lets the transport close its links to members that left.
+func (r *Reducer) newGeneration(gen Generation) {
+	r.genID = gen.ID
+	if rt, ok := r.t.(Retainer); ok {
+		addrs := make([]string, len(gen.Members))
+		for i, m := range gen.Members {
+			addrs[i] = m.Addr
+		}
+		rt.Retain(addrs)
+	}
 }
 
 // Ready declares grad[lo:hi] final. Ranges must not overlap within a step.

@@ -419,3 +419,36 @@ func TestChunkFor(t *testing.T) {
 		}
 	}
 }
+
+// TestInmemRetain: a step in a generation without a member drops the link
+// to it on the in-memory transport as on gRPC.
+func TestInmemRetain(t *testing.T) {
+	c := newInmemCluster(t, 3, 1000, Config{})
+	xs := inputs(3, 1000, 3)
+	for i, err := range c.allreduce(1, 0, xs) {
+		if err != nil {
+			t.Fatalf("member %d: %v", i, err)
+		}
+	}
+	t1 := c.ts[1].(*InmemTransport)
+	if got := t1.Links(); len(got) != 1 || got[0] != "node2" {
+		t.Fatalf("member 1 links %v after generation 1, want [node2]", got)
+	}
+	members := c.gen[0].Members[:2]
+	errs := make([]error, 2)
+	var wg sync.WaitGroup
+	for i := range 2 {
+		wg.Go(func() {
+			errs[i] = c.rs[i].Allreduce(context.Background(), Generation{ID: 2, Members: members, Rank: i}, 1, xs[i])
+		})
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Fatalf("generation 2, member %d: %v", i, err)
+		}
+	}
+	if got := t1.Links(); len(got) != 1 || got[0] != "node0" {
+		t.Errorf("member 1 links %v in generation 2, want [node0]", got)
+	}
+}

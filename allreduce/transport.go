@@ -26,6 +26,13 @@ type Transport interface {
 	Close() error
 }
 
+// A Retainer is a Transport that can close the links to members that left
+// the ring. A Reducer calls Retain with the members' addresses when it
+// starts the first step of a new generation.
+type Retainer interface {
+	Retain(addrs []string)
+}
+
 // A Link sends messages to one peer, in order.
 type Link interface {
 	// Send transmits f and takes ownership of it: the transport releases f
