@@ -12,6 +12,8 @@ import (
 	"encoding/json"
 	"fmt"
 
+	"sigs.k8s.io/yaml"
+
 	"github.com/difftrain/difftrain/diffusion"
 	"github.com/difftrain/difftrain/model"
 	"github.com/difftrain/difftrain/optim"
@@ -65,6 +67,45 @@ func Default(m model.Config) Config {
 		Optimizer: "laprop", LR: 0.5, AuxLRFactor: 0.02, Beta1: 0.9, Beta2: 0.99, AdamEps: 1e-8,
 		Warmup: 2000, Steps: 10000, Batch: 8, MicroBatch: 8, Seed: 1,
 	}
+}
+
+// Defaults is the one default configuration of a run: the flags of
+// `trainer train` take their defaults from it, and --config files (the
+// Kubernetes ConfigMap among them) decode on top of it. It is Default around
+// the CLI's model shape, with a schedule sized for a short run. Vocabulary
+// and sequence length 0 mean the dataset's; micro_batch_size 0 means the
+// global batch (see Resolve).
+func Defaults() Config {
+	c := Default(model.Default(0, 4, 128, 4, 0))
+	c.Warmup, c.Cooldown, c.Steps = 100, 0.2, 1000
+	c.Batch, c.MicroBatch = 16, 0
+	return c
+}
+
+// ParseConfig decodes a YAML or JSON config (the JSON names of Config) on
+// top of base: the fields the file names replace base's, all others keep
+// base's values. Unknown fields are errors.
+func ParseConfig(raw []byte, base Config) (Config, error) {
+	c := base
+	if err := yaml.UnmarshalStrict(raw, &c); err != nil {
+		return base, fmt.Errorf("train config: %w", err)
+	}
+	return c, nil
+}
+
+// Resolve fills in what a configuration leaves to the run: a
+// micro_batch_size of 0 becomes the global batch, and a warmup longer than
+// the steps before the cooldown shrinks to fit (short runs with the default
+// warmup).
+func (c *Config) Resolve() {
+	if c.MicroBatch == 0 {
+		c.MicroBatch = c.Batch
+	}
+	cool := int(c.Cooldown)
+	if c.Cooldown < 1 {
+		cool = int(c.Cooldown * float64(c.Steps))
+	}
+	c.Warmup = max(0, min(c.Warmup, c.Steps-cool))
 }
 
 // Diffusion returns the noising configuration.

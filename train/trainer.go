@@ -127,7 +127,8 @@ func (t *Trainer) Divisor() float64 { return t.divisor }
 // rank's part of global step `step` of src, as member rank of a ring of world
 // members; sync sums the gradients over the ring (nil for a single process).
 // On error the parameters and optimizer state are unchanged, so the step can
-// be retried with another ring.
+// be retried with another ring. A loss or summed gradient that is not finite
+// is a *NonFiniteError, returned before the optimizer runs.
 func (t *Trainer) Step(ctx context.Context, src dataset.Source, step int64, rank, world int, sync GradSync) (Result, error) {
 	c := t.Cfg
 	var r Result
@@ -146,7 +147,12 @@ func (t *Trainer) Step(ctx context.Context, src dataset.Source, step int64, rank
 		return r, err
 	}
 	t.Model.ZeroGrad()
+	t.Model.Cancel = ctx.Err // checked between layers
+	defer func() { t.Model.Cancel = nil }()
 	for a := lo; a < hi; a += int64(c.MicroBatch) {
+		if err := ctx.Err(); err != nil {
+			return r, fmt.Errorf("train step %d: abandoned between micro-batches: %w", step, err)
+		}
 		n := int(min(int64(c.MicroBatch), hi-a))
 		last := a+int64(n) >= hi
 		t0 := time.Now()
@@ -189,6 +195,9 @@ func (t *Trainer) Step(ctx context.Context, src dataset.Source, step int64, rank
 		r.Comm = time.Since(t0)
 	} else {
 		r.Global = r.Metrics
+	}
+	if err := t.checkFinite(step, r); err != nil {
+		return r, err
 	}
 	t0 := time.Now()
 	st, err := t.opt.Step(t.B, t.params, int(step))
