@@ -27,14 +27,28 @@ var Codecs = []string{CodecNone, CodecBF16, CodecBF16Zstd, CodecInt8}
 // A codec turns fp32 values into a message payload and back. Partial sums
 // travel in the codec's format and are accumulated in fp32. One codec value is
 // used by one goroutine at a time.
+//
+// Encoding, error feedback and rounding happen in one pass over the values,
+// and decoding adds straight into the accumulator: on a ring that is memory
+// bound, every extra pass over a chunk costs as much as the arithmetic.
 type codec interface {
-	// encode appends the encoding of src to dst. If out is not nil it also
-	// writes into out (which may alias src) the values a receiver will decode.
-	encode(dst []byte, src, out []float32) []byte
-	// accumulate adds the decoded payload to dst.
-	accumulate(dst []float32, p []byte) error
+	// encode appends the encoding of y = src + add (add may be nil) to dst.
+	// If res is not nil it stores there what the encoding lost, y −
+	// decode(encoding); if round, it overwrites src with decode(encoding).
+	encode(dst []byte, src, add, res []float32, round bool) []byte
+	// accumulate adds add (if not nil) and then the decoded payload to dst.
+	accumulate(dst []float32, p []byte, add []float32) error
 	// decode overwrites dst with the decoded payload.
 	decode(dst []float32, p []byte) error
+}
+
+// sum2 returns a[i] + b[i], or a[i] if b is nil (the caller hoists the test
+// of b out of its fast paths).
+func sum2(a, b []float32, i int) float32 {
+	if b == nil {
+		return a[i]
+	}
+	return a[i] + b[i]
 }
 
 // codecInfo describes a codec independently of any instance.
@@ -123,35 +137,54 @@ func f32s(p []byte) ([]float32, bool) {
 // none: little-endian fp32.
 type noneCodec struct{}
 
-func (noneCodec) encode(dst []byte, src, out []float32) []byte {
+func (noneCodec) encode(dst []byte, src, add, res []float32, round bool) []byte {
 	at := len(dst)
 	dst = grow(dst, 4*len(src))
-	if v, ok := f32s(dst[at:]); ok {
+	v, ok := f32s(dst[at:])
+	switch {
+	case ok && add == nil:
 		copy(v, src)
-	} else {
+	case ok:
+		v, add = v[:len(src)], add[:len(src)]
 		for i, x := range src {
-			binary.LittleEndian.PutUint32(dst[at+4*i:], math.Float32bits(x))
+			v[i] = x + add[i]
+		}
+	default:
+		for i := range src {
+			binary.LittleEndian.PutUint32(dst[at+4*i:], math.Float32bits(sum2(src, add, i)))
 		}
 	}
-	if out != nil {
-		copy(out, src)
+	if res != nil {
+		clear(res[:len(src)]) // exact
+	}
+	if round && add != nil {
+		for i := range src {
+			src[i] += add[i]
+		}
 	}
 	return dst
 }
 
-func (noneCodec) accumulate(dst []float32, p []byte) error {
+func (noneCodec) accumulate(dst []float32, p []byte, add []float32) error {
 	if len(p) != 4*len(dst) {
 		return fmt.Errorf("none: %d bytes for %d elements", len(p), len(dst))
 	}
-	if v, ok := f32s(p); ok {
+	v, ok := f32s(p)
+	switch {
+	case ok && add == nil:
 		v = v[:len(dst)]
 		for i := range dst {
 			dst[i] += v[i]
 		}
-		return nil
-	}
-	for i := range dst {
-		dst[i] += math.Float32frombits(binary.LittleEndian.Uint32(p[4*i:]))
+	case ok:
+		v, add = v[:len(dst)], add[:len(dst)]
+		for i := range dst {
+			dst[i] = dst[i] + add[i] + v[i]
+		}
+	default:
+		for i := range dst {
+			dst[i] = sum2(dst, add, i) + math.Float32frombits(binary.LittleEndian.Uint32(p[4*i:]))
+		}
 	}
 	return nil
 }
@@ -184,23 +217,37 @@ func fromBF16(h uint16) float32 { return math.Float32frombits(uint32(h) << 16) }
 // bf16: little-endian bfloat16.
 type bf16Codec struct{}
 
-func (bf16Codec) encode(dst []byte, src, out []float32) []byte {
+func (bf16Codec) encode(dst []byte, src, add, res []float32, round bool) []byte {
 	at := len(dst)
 	dst = grow(dst, 2*len(src))
 	p := dst[at : at+2*len(src)]
-	if h, ok := u16s(p); ok && out == nil {
+	h, ok := u16s(p)
+	switch {
+	case ok && add == nil && res == nil:
 		h = h[:len(src)]
+		if !round {
+			for i, x := range src {
+				h[i] = toBF16(x)
+			}
+			return dst
+		}
 		for i, x := range src {
-			h[i] = toBF16(x)
+			b := toBF16(x)
+			h[i] = b
+			src[i] = fromBF16(b)
 		}
 		return dst
 	}
-	for i, x := range src {
-		h := toBF16(x)
-		p[2*i] = byte(h)
-		p[2*i+1] = byte(h >> 8)
-		if out != nil {
-			out[i] = fromBF16(h)
+	for i := range src {
+		y := sum2(src, add, i)
+		b := toBF16(y)
+		p[2*i] = byte(b)
+		p[2*i+1] = byte(b >> 8)
+		if res != nil {
+			res[i] = y - fromBF16(b)
+		}
+		if round {
+			src[i] = fromBF16(b)
 		}
 	}
 	return dst
@@ -215,13 +262,20 @@ func u16s(p []byte) ([]uint16, bool) {
 	return unsafe.Slice((*uint16)(unsafe.Pointer(&p[0])), len(p)/2), true
 }
 
-func (bf16Codec) accumulate(dst []float32, p []byte) error {
+func (bf16Codec) accumulate(dst []float32, p []byte, add []float32) error {
 	if len(p) != 2*len(dst) {
 		return fmt.Errorf("bf16: %d bytes for %d elements", len(p), len(dst))
 	}
+	if h, ok := u16s(p); ok && add == nil {
+		h = h[:len(dst)]
+		for i := range dst {
+			dst[i] += fromBF16(h[i])
+		}
+		return nil
+	}
 	p = p[:2*len(dst)]
 	for i := range dst {
-		dst[i] += fromBF16(uint16(p[2*i]) | uint16(p[2*i+1])<<8)
+		dst[i] = sum2(dst, add, i) + fromBF16(uint16(p[2*i])|uint16(p[2*i+1])<<8)
 	}
 	return nil
 }
@@ -229,6 +283,13 @@ func (bf16Codec) accumulate(dst []float32, p []byte) error {
 func (bf16Codec) decode(dst []float32, p []byte) error {
 	if len(p) != 2*len(dst) {
 		return fmt.Errorf("bf16: %d bytes for %d elements", len(p), len(dst))
+	}
+	if h, ok := u16s(p); ok {
+		h = h[:len(dst)]
+		for i := range dst {
+			dst[i] = fromBF16(h[i])
+		}
+		return nil
 	}
 	p = p[:2*len(dst)]
 	for i := range dst {
@@ -253,44 +314,83 @@ func exactInt8(n, plen int) error {
 // receivers see NaN rather than a silently wrong number.
 type int8Codec struct{}
 
-func (int8Codec) encode(dst []byte, src, out []float32) []byte {
+func (int8Codec) encode(dst []byte, src, add, res []float32, round bool) []byte {
 	at := len(dst)
 	dst = grow(dst, int8Size(len(src)))
 	p := dst[at:]
+	var y [Int8Block]float32 // the block's values, src + add
 	for lo := 0; lo < len(src); lo += Int8Block {
 		blk := src[lo:min(lo+Int8Block, len(src))]
-		// The largest magnitude, compared as bits: for non-negative floats
-		// the integer order is the float order, and Inf and NaN sort last.
-		var mb uint32
-		for _, x := range blk {
-			mb = max(mb, math.Float32bits(x)&0x7fffffff)
-		}
-		bad := mb >= 0x7f800000
-		m := math.Float32frombits(mb)
-		scale, inv := m/127, float32(0)
-		if bad {
-			scale = float32(math.NaN())
-		} else if m > 0 {
-			inv = 127 / m
-		}
-		binary.LittleEndian.PutUint32(p, math.Float32bits(scale))
-		q := p[4 : 4+len(blk)]
-		for i, x := range blk {
-			// Adding 1.5·2^23 rounds to the nearest integer, ties to even.
-			r := x*inv + 12582912
-			v := int32(math.Float32bits(r)&0x7fffff) - 0x400000
-			v = max(-127, min(127, v))
-			q[i] = byte(int8(v))
-			if out != nil {
-				out[lo+i] = float32(v) * scale
+		v := blk // out may alias v: each element is read before it is written
+		if add != nil {
+			v = y[:len(blk)]
+			a := add[lo : lo+len(blk)]
+			for i, x := range blk {
+				v[i] = x + a[i]
 			}
 		}
-		p = p[4+len(blk):]
+		var e, out []float32
+		if res != nil {
+			e = res[lo : lo+len(v)]
+		}
+		if round {
+			out = blk
+		}
+		int8Block(p, v, e, out)
+		p = p[4+len(v):]
 	}
 	return dst
 }
 
-func (int8Codec) each(dst []float32, p []byte, add bool) error {
+// int8Block writes the scale and the quantised values of one block v to p,
+// and in the same pass what decoding loses to res and the decoded values to
+// out, each if not nil.
+func int8Block(p []byte, v, res, out []float32) {
+	// The largest magnitude, compared as bits: for non-negative floats the
+	// integer order is the float order, and Inf and NaN sort last.
+	var mb uint32
+	for _, x := range v {
+		mb = max(mb, math.Float32bits(x)&0x7fffffff)
+	}
+	m := math.Float32frombits(mb)
+	scale, inv := m/127, float32(0)
+	if mb >= 0x7f800000 {
+		scale = float32(math.NaN())
+	} else if m > 0 {
+		inv = 127 / m
+	}
+	binary.LittleEndian.PutUint32(p, math.Float32bits(scale))
+	q := p[4 : 4+len(v)]
+	// Adding 1.5·2^23 rounds to the nearest integer, ties to even.
+	// |x·inv| ≤ 127·(1+2^-22), so the result needs no clamping.
+	const magic = 12582912
+	switch {
+	case res == nil && out == nil:
+		for i, x := range v {
+			q[i] = byte(int8(int32(math.Float32bits(x*inv+magic)&0x7fffff) - 0x400000))
+		}
+	case out == nil:
+		res = res[:len(v)]
+		for i, x := range v {
+			k := int32(math.Float32bits(x*inv+magic)&0x7fffff) - 0x400000
+			q[i] = byte(int8(k))
+			res[i] = x - float32(k)*scale
+		}
+	default:
+		out = out[:len(v)]
+		for i, x := range v {
+			k := int32(math.Float32bits(x*inv+magic)&0x7fffff) - 0x400000
+			q[i] = byte(int8(k))
+			d := float32(k) * scale
+			if res != nil {
+				res[i] = x - d
+			}
+			out[i] = d
+		}
+	}
+}
+
+func (int8Codec) accumulate(dst []float32, p []byte, add []float32) error {
 	if len(p) != int8Size(len(dst)) {
 		return fmt.Errorf("int8: %d bytes for %d elements", len(p), len(dst))
 	}
@@ -298,13 +398,14 @@ func (int8Codec) each(dst []float32, p []byte, add bool) error {
 		blk := dst[lo:min(lo+Int8Block, len(dst))]
 		scale := math.Float32frombits(binary.LittleEndian.Uint32(p))
 		q := p[4 : 4+len(blk)]
-		if add {
+		if add != nil {
+			a := add[lo : lo+len(blk)]
 			for i := range blk {
-				blk[i] += float32(int8(q[i])) * scale
+				blk[i] = blk[i] + a[i] + float32(int8(q[i]))*scale
 			}
 		} else {
 			for i := range blk {
-				blk[i] = float32(int8(q[i])) * scale
+				blk[i] += float32(int8(q[i])) * scale
 			}
 		}
 		p = p[4+len(blk):]
@@ -312,8 +413,21 @@ func (int8Codec) each(dst []float32, p []byte, add bool) error {
 	return nil
 }
 
-func (c int8Codec) accumulate(dst []float32, p []byte) error { return c.each(dst, p, true) }
-func (c int8Codec) decode(dst []float32, p []byte) error     { return c.each(dst, p, false) }
+func (int8Codec) decode(dst []float32, p []byte) error {
+	if len(p) != int8Size(len(dst)) {
+		return fmt.Errorf("int8: %d bytes for %d elements", len(p), len(dst))
+	}
+	for lo := 0; lo < len(dst); lo += Int8Block {
+		blk := dst[lo:min(lo+Int8Block, len(dst))]
+		scale := math.Float32frombits(binary.LittleEndian.Uint32(p))
+		q := p[4 : 4+len(blk)]
+		for i := range blk {
+			blk[i] = float32(int8(q[i])) * scale
+		}
+		p = p[4+len(blk):]
+	}
+	return nil
+}
 
 // bf16-zstd: the bf16 values split into two byte planes. The high plane (sign
 // and most of the exponent) is zstd-compressed; the low plane (mostly
@@ -349,24 +463,29 @@ func checkZstd(n, plen int) error {
 	return nil
 }
 
-func (z *zstdCodec) encode(dst []byte, src, out []float32) []byte {
+func (z *zstdCodec) encode(dst []byte, src, add, res []float32, round bool) []byte {
 	n := len(src)
 	if cap(z.plane) < 2*n {
 		z.plane = make([]byte, 2*n)
 	}
 	hi, lo := z.plane[:n:n], z.plane[n:2*n]
 	lo = lo[:len(hi)]
-	if out == nil {
+	if add == nil && res == nil && !round {
 		for i, x := range src[:len(hi)] {
 			h := toBF16(x)
 			hi[i], lo[i] = byte(h>>8), byte(h)
 		}
 	} else {
-		out = out[:len(hi)]
-		for i, x := range src[:len(hi)] {
-			h := toBF16(x)
+		for i := range hi {
+			y := sum2(src, add, i)
+			h := toBF16(y)
 			hi[i], lo[i] = byte(h>>8), byte(h)
-			out[i] = fromBF16(h)
+			if res != nil {
+				res[i] = y - fromBF16(h)
+			}
+			if round {
+				src[i] = fromBF16(h)
+			}
 		}
 	}
 	at := len(dst)
@@ -401,14 +520,14 @@ func (z *zstdCodec) planes(n int, p []byte) (hi, lo []byte, err error) {
 	return hi, p[4+clen:], nil
 }
 
-func (z *zstdCodec) accumulate(dst []float32, p []byte) error {
+func (z *zstdCodec) accumulate(dst []float32, p []byte, add []float32) error {
 	hi, lo, err := z.planes(len(dst), p)
 	if err != nil {
 		return err
 	}
 	lo = lo[:len(dst)]
 	for i := range dst {
-		dst[i] += fromBF16(uint16(hi[i])<<8 | uint16(lo[i]))
+		dst[i] = sum2(dst, add, i) + fromBF16(uint16(hi[i])<<8|uint16(lo[i]))
 	}
 	return nil
 }

@@ -22,7 +22,8 @@ func TestCodecRoundTrip(t *testing.T) {
 				}
 				src := x[:n]
 				out := make([]float32, n)
-				p := c.encode(nil, src, out)
+				copy(out, src)
+				p := c.encode(nil, out, nil, nil, true)
 				if err := info.check(n, len(p)); err != nil {
 					t.Fatalf("check refuses own payload: %v", err)
 				}
@@ -37,7 +38,7 @@ func TestCodecRoundTrip(t *testing.T) {
 				for i := range acc {
 					acc[i] = 1
 				}
-				if err := c.accumulate(acc, p); err != nil {
+				if err := c.accumulate(acc, p, nil); err != nil {
 					t.Fatal(err)
 				}
 				for i := range n {
@@ -92,7 +93,7 @@ func TestInt8NonFinite(t *testing.T) {
 	var c int8Codec
 	for _, src := range [][]float32{x, y} {
 		dec := make([]float32, 3)
-		if err := c.decode(dec, c.encode(nil, src, nil)); err != nil {
+		if err := c.decode(dec, c.encode(nil, src, nil, nil, false)); err != nil {
 			t.Fatal(err)
 		}
 		for i, v := range dec {
@@ -103,6 +104,11 @@ func TestInt8NonFinite(t *testing.T) {
 	}
 }
 
+// BenchmarkCodec times each codec's passes over one 1 MiB chunk as the ring
+// makes them: encode of a partial sum (with error feedback where the codec
+// keeps a residual, as at a reduce-scatter hop), encode with rounding (the
+// owner of a segment), accumulate (a reduce-scatter receive) and decode (an
+// all-gather receive). Compare each to none in the same run.
 func BenchmarkCodec(b *testing.B) {
 	const n = 1 << 18 // one 1 MiB chunk of fp32
 	// gradient-like: roughly normal values of one layer's scale
@@ -113,22 +119,83 @@ func BenchmarkCodec(b *testing.B) {
 	for _, name := range Codecs {
 		info, _ := codecByName(name)
 		c, _ := info.make()
-		out := make([]float32, n)
+		var res []float32
+		if info.feedback {
+			res = make([]float32, n)
+		}
+		src := append([]float32(nil), x[0]...)
 		buf := make([]byte, 0, info.maxSize(n)+64)
-		p := c.encode(nil, x[0], nil)
+		p := c.encode(nil, x[0], nil, nil, false)
 		b.Run(name+"/encode", func(b *testing.B) {
 			b.SetBytes(4 * n)
 			for b.Loop() {
-				c.encode(buf[:0], x[0], out)
+				c.encode(buf[:0], x[0], nil, res, false)
 			}
 			b.ReportMetric(float64(len(p))/(4*n), "ratio")
+		})
+		b.Run(name+"/encode-round", func(b *testing.B) {
+			b.SetBytes(4 * n)
+			for b.Loop() {
+				c.encode(buf[:0], src, nil, res, true)
+			}
 		})
 		dst := make([]float32, n)
 		b.Run(name+"/accumulate", func(b *testing.B) {
 			b.SetBytes(4 * n)
 			for b.Loop() {
-				c.accumulate(dst, p)
+				c.accumulate(dst, p, nil)
 			}
 		})
+		b.Run(name+"/decode", func(b *testing.B) {
+			b.SetBytes(4 * n)
+			for b.Loop() {
+				c.decode(dst, p)
+			}
+		})
+	}
+}
+
+// TestCodecFeedback checks the fused passes: encode of src+add stores in res
+// exactly what decoding loses and, with round, leaves in src what receivers
+// decode; accumulate with add adds both.
+func TestCodecFeedback(t *testing.T) {
+	xs := inputs(2, 1000, 5)
+	for _, name := range Codecs {
+		for _, n := range []int{0, 1, 256, 700} {
+			t.Run(fmt.Sprintf("%s/%d", name, n), func(t *testing.T) {
+				info, _ := codecByName(name)
+				c, err := info.make()
+				if err != nil {
+					t.Fatal(err)
+				}
+				src := append([]float32(nil), xs[0][:n]...)
+				add := xs[1][:n]
+				res := make([]float32, n)
+				p := c.encode(nil, src, add, res, true)
+				dec := make([]float32, n)
+				if err := c.decode(dec, p); err != nil {
+					t.Fatal(err)
+				}
+				acc := make([]float32, n)
+				for i := range acc {
+					acc[i] = 2
+				}
+				if err := c.accumulate(acc, p, add); err != nil {
+					t.Fatal(err)
+				}
+				for i := range n {
+					y := xs[0][i] + add[i]
+					if res[i] != y-dec[i] {
+						t.Fatalf("element %d: residual %v, want %v−%v", i, res[i], y, dec[i])
+					}
+					if math.Float32bits(src[i]) != math.Float32bits(dec[i]) {
+						t.Fatalf("element %d: rounded to %v, receivers decode %v", i, src[i], dec[i])
+					}
+					if acc[i] != 2+add[i]+dec[i] {
+						t.Fatalf("element %d: accumulated %v, want 2+%v+%v", i, acc[i], add[i], dec[i])
+					}
+				}
+			})
+		}
 	}
 }

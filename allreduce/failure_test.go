@@ -195,7 +195,7 @@ func TestStaleGeneration(t *testing.T) {
 			var enc noneCodec
 			for chunk := range 2 {
 				f := (&Pool{}).Get(headerSize)
-				f.Buf = enc.encode(f.Buf, make([]float32, 512), nil)
+				f.Buf = enc.encode(f.Buf, make([]float32, 512), nil, nil, false)
 				h := header{kind: kindData, codec: 1, gen: 4, step: 1, hop: 0, from: 0, chunk: uint32(chunk), count: 512}
 				h.put(f.Buf[:headerSize], f.Buf[headerSize:])
 				if err := link.Send(context.Background(), f); err != nil {

@@ -22,7 +22,7 @@ func FuzzDecodeMessage(f *testing.F) {
 			f.Fatal(err)
 		}
 		for _, n := range []int{0, 1, 300, 600} {
-			b := c.encode(make([]byte, headerSize), xs[:n], nil)
+			b := c.encode(make([]byte, headerSize), xs[:n], nil, nil, false)
 			for _, flags := range []uint8{0, flagCRC} {
 				h := header{kind: kindData, codec: info.id, flags: flags, gen: 3, step: 9, count: uint32(n)}
 				h.put(b[:headerSize], b[headerSize:])
@@ -59,14 +59,14 @@ func FuzzDecodeMessage(f *testing.F) {
 		dst := make([]float32, h.count)
 		c := codecs[h.codec]
 		_ = c.decode(dst, p)
-		_ = c.accumulate(dst, p)
+		_ = c.accumulate(dst, p, nil)
 	})
 }
 
 // TestDecodeRejects lists malformed messages and checks each is refused.
 func TestDecodeRejects(t *testing.T) {
 	good := func() []byte {
-		b := noneCodec{}.encode(make([]byte, headerSize), []float32{1, 2, 3}, nil)
+		b := noneCodec{}.encode(make([]byte, headerSize), []float32{1, 2, 3}, nil, nil, false)
 		(&header{kind: kindData, codec: 1, flags: flagCRC, gen: 1, count: 3}).put(b[:headerSize], b[headerSize:])
 		return b
 	}
@@ -126,7 +126,7 @@ func TestApplyPieces(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			b := r.enc.encode(make([]byte, headerSize), xs[0], nil)
+			b := r.enc.encode(make([]byte, headerSize), xs[0], nil, nil, false)
 			h := header{kind: kindData, codec: r.info.id, flags: r.flags, count: uint32(len(xs[0]))}
 			h.put(b[:headerSize], b[headerSize:])
 			_, sum, err := decodeHeader(b[:headerSize], len(b)-headerSize)
@@ -135,18 +135,22 @@ func TestApplyPieces(t *testing.T) {
 			}
 			for _, add := range []bool{false, true} {
 				want := append([]float32(nil), xs[1]...)
-				code := r.dec.decode
+				var feed []float32 // an error-feedback residual joins the sum
+				var err error
 				if add {
-					code = r.dec.accumulate
+					feed = xs[0]
+					err = r.dec.accumulate(want, b[headerSize:], feed)
+				} else {
+					err = r.dec.decode(want, b[headerSize:])
 				}
-				if err := code(want, b[headerSize:]); err != nil {
+				if err != nil {
 					t.Fatal(err)
 				}
 				for _, cuts := range cutsets {
 					f := &Frame{}
 					pieces(f, b, cuts)
 					got := append([]float32(nil), xs[1]...)
-					if err := r.apply(got, f, sum, add); err != nil {
+					if err := r.apply(got, feed, f, sum, add); err != nil {
 						t.Fatalf("%s checksum=%v cuts %v: %v", name, checksum, cuts, err)
 					}
 					for i := range want {
@@ -157,7 +161,7 @@ func TestApplyPieces(t *testing.T) {
 					bad := append([]byte(nil), b...)
 					bad[len(bad)/2] ^= 0x10
 					pieces(f, bad, cuts)
-					err := r.apply(got, f, sum, add)
+					err := r.apply(got, feed, f, sum, add)
 					if checksum && err == nil {
 						t.Fatalf("%s cuts %v: flipped byte not caught", name, cuts)
 					}
@@ -180,7 +184,7 @@ func FuzzApply(f *testing.F) {
 		info, _ := codecByName(name)
 		c, _ := info.make()
 		for _, n := range []int{0, 1, 300, 600} {
-			b := c.encode(nil, xs[:n], nil)
+			b := c.encode(nil, xs[:n], nil, nil, false)
 			f.Add(uint8(id), uint16(n), b, []byte{3, 1, 7})
 		}
 	}
@@ -200,6 +204,6 @@ func FuzzApply(f *testing.F) {
 		fr := &Frame{}
 		pieces(fr, append(make([]byte, headerSize), payload...), cuts)
 		dst := make([]float32, n)
-		_ = r.apply(dst, fr, 0, id%2 == 0)
+		_ = r.apply(dst, nil, fr, 0, id%2 == 0)
 	})
 }

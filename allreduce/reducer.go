@@ -146,7 +146,6 @@ type Reducer struct {
 
 	resid, next []float32 // int8 error feedback: committed and in progress
 	sendPool    Pool
-	out         []float32 // sender scratch: what the receivers will decode
 	pending     *Frame    // a message for a newer generation, kept for it
 	prefix      []int     // receive events before each hop
 	flags       uint8     // of data messages: flagCRC with Config.Checksum
@@ -224,7 +223,6 @@ func New(t Transport, n int, cfg Config) (*Reducer, error) {
 	}
 	r.remain = make([]int, len(r.buckets))
 	r.ready = make([]bool, len(r.buckets))
-	r.out = make([]float32, r.chunk)
 	if info.feedback {
 		r.resid = make([]float32, n)
 		r.next = make([]float32, n)

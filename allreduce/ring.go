@@ -126,7 +126,13 @@ type ring struct {
 	gen         Generation
 	step        uint64
 	bucket      uint32
-	x, resid    []float32
+	x           []float32
+	// With error feedback: feed is the residual of the last step, added to
+	// each element where this member first touches it (its own segment's
+	// first send, the other segments' reduce-scatter receive); resid gets
+	// what this member's encodes lose (every element is encoded by it
+	// exactly once per step).
+	feed, resid []float32
 	n, rank     int
 	chunk       int // elements per message
 	left, right Peer
@@ -164,13 +170,13 @@ func (r *Reducer) reduce(ctx context.Context, gen Generation, step uint64, bucke
 	g := &ring{r: r, gen: gen, step: step, bucket: bucket, x: x, n: n, rank: gen.Rank,
 		left: gen.peer(gen.Rank - 1), right: gen.peer(gen.Rank + 1), chunk: chunkFor(len(x), n, r.chunk)}
 	if r.resid != nil {
-		for i, e := range r.resid[off : off+len(x)] {
-			x[i] += e
-		}
-		g.resid = r.next[off : off+len(x)]
-		clear(g.resid)
+		g.feed, g.resid = r.resid[off:off+len(x)], r.next[off:off+len(x)]
 	}
 	if n == 1 {
+		for i, e := range g.feed {
+			x[i] += e
+		}
+		clear(g.resid)
 		return nil
 	}
 	dctx, cancel := context.WithTimeout(ctx, r.cfg.Deadline)
@@ -301,33 +307,25 @@ func (g *ring) beat(ctx context.Context) error {
 }
 
 // encode makes the message for chunk c (elements [lo, hi) of the bucket) of
-// hop t. At the last reduce-scatter hop's successor (t = n−1) this member
-// owns the full sum and rounds its copy to what it sends, so that every
-// member ends with the same values. With error feedback, what the codec lost
-// goes to the residual.
+// hop t < n. At hop n−1 this member owns the full sum and rounds its copy to
+// what it sends, so that every member ends with the same values. With error
+// feedback, the residual of the last step joins its own segment at hop 0,
+// and what the codec loses goes to the residual of this step.
 func (g *ring) encode(t, c, lo, hi int) *Frame {
 	r := g.r
 	src := g.x[lo:hi]
-	var out []float32
-	if r.info.lossy && (g.resid != nil || t == g.n-1) {
-		out = r.out[:len(src)]
+	var add, res []float32
+	if g.resid != nil {
+		res = g.resid[lo:hi]
+		if t == 0 {
+			add = g.feed[lo:hi]
+		}
 	}
 	f := r.sendPool.Get(headerSize + r.info.maxSize(len(src)))
-	f.Buf = r.enc.encode(f.Buf[:headerSize], src, out)
+	f.Buf = r.enc.encode(f.Buf[:headerSize], src, add, res, r.info.lossy && t == g.n-1)
 	h := header{kind: kindData, codec: r.info.id, flags: r.flags, gen: g.gen.ID, step: g.step, bucket: g.bucket,
 		hop: uint16(t), from: uint16(g.rank), chunk: uint32(c), count: uint32(len(src))}
 	h.put(f.Buf[:headerSize], f.Buf[headerSize:])
-	if out != nil {
-		if g.resid != nil {
-			res := g.resid[lo:hi]
-			for i, v := range src {
-				res[i] = v - out[i]
-			}
-		}
-		if t == g.n-1 {
-			copy(src, out)
-		}
-	}
 	return f
 }
 
@@ -354,7 +352,11 @@ func (g *ring) receive(ctx context.Context) error {
 				return &PeerError{Peer: from, Op: "receive", rank: rank, origin: g.rank,
 					Err: fmt.Errorf("unexpected message %+v, want %+v", h, want)}
 			}
-			if err := r.apply(g.x[clo:chi], f, sum, t < g.n-1); err != nil {
+			var feed []float32
+			if g.feed != nil && t < g.n-1 {
+				feed = g.feed[clo:chi]
+			}
+			if err := r.apply(g.x[clo:chi], feed, f, sum, t < g.n-1); err != nil {
 				f.Release()
 				return &PeerError{Peer: g.left, Op: "receive", Err: err, rank: mod(g.rank-1, g.n), origin: g.rank}
 			}
@@ -447,18 +449,25 @@ func (g *ring) next(ctx context.Context, timer *time.Timer) (*Frame, header, uin
 const applyRun = 16 << 10
 
 // apply adds the payload of f to dst (or, if add is false, writes it there)
-// and, when the ring runs with checksums, checks it against sum. Each run of
+// after adding feed to dst if it is not nil, and, when the ring runs with checksums, checks it against sum. Each run of
 // bytes is checksummed and then decoded while still in cache, so the payload
 // is read from memory once; if the checksum fails, dst holds garbage and the
 // step fails. Codecs
 // of fixed-width elements decode the payload in place, piece by piece (an
 // element split between two of gRPC's buffers is joined first); block codecs
 // get it joined into one scratch buffer.
-func (r *Reducer) apply(dst []float32, f *Frame, sum uint32, add bool) error {
+func (r *Reducer) apply(dst, feed []float32, f *Frame, sum uint32, add bool) error {
 	r.views = f.payload(r.views[:0])
-	code := r.dec.decode
-	if add {
-		code = r.dec.accumulate
+	// code decodes p into dst[lo:hi].
+	code := func(lo, hi int, p []byte) error {
+		if !add {
+			return r.dec.decode(dst[lo:hi], p)
+		}
+		var e []float32
+		if feed != nil {
+			e = feed[lo:hi]
+		}
+		return r.dec.accumulate(dst[lo:hi], p, e)
 	}
 	var crc uint32
 	check := r.flags&flagCRC != 0
@@ -483,7 +492,7 @@ func (r *Reducer) apply(dst []float32, f *Frame, sum uint32, add bool) error {
 				return errChecksum{got, sum}
 			}
 		}
-		return code(dst, buf)
+		return code(0, len(dst), buf)
 	}
 	var carry [4]byte
 	nc, i := 0, 0
@@ -493,7 +502,7 @@ func (r *Reducer) apply(dst []float32, f *Frame, sum uint32, add bool) error {
 			return fmt.Errorf("%d bytes of payload for %d elements", len(b)+i*w, len(dst))
 		}
 		i += m
-		return code(dst[i-m:i], b)
+		return code(i-m, i, b)
 	}
 	for _, v := range r.views {
 		for len(v) > 0 {
