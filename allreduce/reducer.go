@@ -146,11 +146,11 @@ type Reducer struct {
 
 	resid, next []float32 // int8 error feedback: committed and in progress
 	sendPool    Pool
-	pending     *Frame    // a message for a newer generation, kept for it
-	prefix      []int     // receive events before each hop
-	flags       uint8     // of data messages: flagCRC with Config.Checksum
-	views       [][]byte  // receiver scratch: a payload's pieces
-	scratch     []byte    // receiver scratch: a block codec's joined payload
+	pending     *Frame   // a message for a newer generation, kept for it
+	prefix      []int    // receive events before each hop
+	flags       uint8    // of data messages: flagCRC with Config.Checksum
+	views       [][]byte // receiver scratch: a payload's pieces
+	scratch     []byte   // receiver scratch: a block codec's joined payload
 	prog        progress
 	genID       uint64 // generation of the last Begin
 

@@ -122,11 +122,11 @@ func (p *progress) drain() {
 
 // ring is one bucket's run.
 type ring struct {
-	r           *Reducer
-	gen         Generation
-	step        uint64
-	bucket      uint32
-	x           []float32
+	r      *Reducer
+	gen    Generation
+	step   uint64
+	bucket uint32
+	x      []float32
 	// With error feedback: feed is the residual of the last step, added to
 	// each element where this member first touches it (its own segment's
 	// first send, the other segments' reduce-scatter receive); resid gets
