@@ -54,7 +54,12 @@ type Cluster struct {
 	conns     map[string]*grpc.ClientConn
 	joined    bool
 	closed    bool
-	waitMsg   string // last reason logged for not forming a generation
+	waitMsg   string               // last reason logged for not forming a generation
+	highest   uint64               // highest generation a peer gossiped
+	doneBy    string               // a member that announced the run complete
+	applying  bool                 // the node is applying a step's update (BeginApply)
+	suspects  map[string]time.Time // members that failed to answer: not elected until then
+	strikes   map[string]strike    // failures in a row per member, for the penalty
 }
 
 type lostPeer struct {
@@ -78,7 +83,7 @@ func New(cfg Config) (*Cluster, error) {
 		cfg:       cfg,
 		name:      name,
 		log:       cfg.Logger.With("node", name),
-		dial:      append(DialOptions(cfg.Security), cfg.DialOptions...),
+		dial:      append(append(DialOptions(cfg.Security), ReconnectOptions()...), cfg.DialOptions...),
 		wakeCh:    make(chan struct{}, 1),
 		metaCh:    make(chan struct{}, 1),
 		stop:      make(chan struct{}),
@@ -90,12 +95,15 @@ func New(cfg Config) (*Cluster, error) {
 		lost:      map[string]lostPeer{},
 		peers:     map[string]MemberInfo{},
 		left:      map[string]bool{},
+		suspects:  map[string]time.Time{},
+		strikes:   map[string]strike{},
 		conns:     map[string]*grpc.ClientConn{},
 	}
+	// Beyond loopback, the exposure check refused this or warned once.
 	if cfg.Security == nil {
-		c.log.Warn("cluster runs without a secret: gossip is readable and RPCs are unauthenticated")
+		c.log.Info("cluster runs without a secret: gossip is readable and RPCs are unauthenticated", "gossip", cfg.BindAddr)
 	} else if cfg.Security.GossipKey() == nil {
-		c.log.Warn("cluster has TLS but no secret: gossip is not encrypted")
+		c.log.Info("cluster has TLS but no secret: gossip is not encrypted", "gossip", cfg.BindAddr)
 	}
 	if c.ml, err = c.newMemberlist(); err != nil {
 		return nil, err
@@ -188,6 +196,9 @@ func (c *Cluster) WaitGeneration(ctx context.Context, after uint64) (Generation,
 		if c.closed {
 			return Generation{}, ErrClosed
 		}
+		if c.doneBy != "" {
+			return Generation{}, ErrRunDone
+		}
 		if c.mine > after && c.mine == c.cur.ID && c.pending == nil && c.cur.Has(c.name) {
 			return c.cur.clone(), nil
 		}
@@ -216,6 +227,9 @@ func (c *Cluster) AtStep(ctx context.Context, step uint64) (Generation, error) {
 	for {
 		if c.closed {
 			return Generation{}, ErrClosed
+		}
+		if c.doneBy != "" {
+			return Generation{}, ErrRunDone
 		}
 		if c.mine != 0 && c.mine == c.cur.ID && c.pending == nil && c.cur.Has(c.name) && c.failed != c.cur.ID {
 			c.running = true
@@ -263,24 +277,45 @@ func (c *Cluster) ReportFailure(gen uint64, peer string, err error) {
 	if stale {
 		return
 	}
-	coord, addr := c.coordinator()
-	if coord == c.name {
-		c.handleReport(r)
-		return
-	}
-	if addr == "" {
-		return // no coordinator known; the membership change will trigger one
-	}
 	c.wg.Add(1)
 	go func() {
 		defer c.wg.Done()
-		ctx, cancel := c.rpcContext()
-		defer cancel()
-		var rep reply
-		if err := c.call(ctx, addr, methodReport, r, &rep); err != nil {
-			c.log.Warn("report failure to coordinator", "coordinator", coord, "err", err)
-		}
+		c.report(r)
 	}()
+}
+
+// report delivers a failure report to the coordinator. A coordinator that
+// cannot be reached is suspected (it is likely the member that died), and
+// the report goes to the next one, possibly this member.
+func (c *Cluster) report(r *report) {
+	for try := 0; try < 4; try++ {
+		coord, addr := c.coordinator()
+		if coord == c.name {
+			c.handleReport(r)
+			return
+		}
+		if addr == "" {
+			return // no coordinator known; the membership change will trigger one
+		}
+		ctx, cancel := c.rpcContext()
+		var rep reply
+		err := c.call(ctx, addr, methodReport, r, &rep)
+		cancel()
+		if err == nil {
+			return
+		}
+		c.log.Warn("report failure to coordinator", "coordinator", coord, "err", err)
+		if errors.Is(err, ErrClosed) && c.isClosed() {
+			return
+		}
+		c.suspect(coord)
+	}
+}
+
+func (c *Cluster) isClosed() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.closed
 }
 
 // IsCoordinator reports whether this member is the coordinator now.
@@ -322,7 +357,9 @@ func (c *Cluster) Close(ctx context.Context) error {
 		c.mu.Unlock()
 		return nil
 	}
-	c.state = StateLeaving
+	if c.state != StateDone {
+		c.state = StateLeaving
+	}
 	c.mu.Unlock()
 	if err := c.ml.UpdateNode(c.cfg.Timing.RPCTimeout); err != nil {
 		c.log.Warn("announce leaving", "err", err)
@@ -341,7 +378,7 @@ func (c *Cluster) Close(ctx context.Context) error {
 		for _, m := range c.Members() {
 			if m.Name != c.name {
 				others++
-				if m.State == StateLeaving {
+				if m.State.gone() {
 					leaving++
 				}
 				newest = max(newest, m.Gen)
@@ -425,8 +462,8 @@ func (c *Cluster) meta() Meta {
 // setIdle marks the node as at its boundary, not running a step. Callers
 // hold c.mu.
 func (c *Cluster) setIdle() {
-	if c.running {
-		c.running = false
+	if c.running || c.applying {
+		c.running, c.applying = false, false
 		c.broadcast()
 	}
 }

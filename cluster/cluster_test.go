@@ -288,8 +288,8 @@ func TestReportedFailure(t *testing.T) {
 	}
 }
 
-// TestStuckNodeDropped: a member whose node never reaches a step boundary
-// cannot acknowledge; the coordinator drops it and moves on.
+// TestStuckNodeDropped: a member whose node never finishes applying an
+// update cannot acknowledge; the coordinator drops it and moves on.
 func TestStuckNodeDropped(t *testing.T) {
 	h := newHarness(t, nil)
 	nodes := []*testNode{h.start("k", nil), h.start("k", nil), h.start("k", nil)}
@@ -298,8 +298,13 @@ func TestStuckNodeDropped(t *testing.T) {
 	if stuck == coordinatorOf(t, nodes...) {
 		stuck = nodes[1]
 	}
-	// Its node starts a step and never finishes it, ignoring Interrupt.
+	// Its node starts a step, begins applying the update and never
+	// finishes. (A node stuck computing does not delay proposals: it is
+	// acknowledged at once, and BeginApply refuses the step.)
 	if _, err := stuck.c.AtStep(context.Background(), 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := stuck.c.BeginApply(); err != nil {
 		t.Fatal(err)
 	}
 	joiner := h.start("k", nil)

@@ -75,7 +75,7 @@ func pickCoordinator(view []MemberInfo) (name, addr string) {
 
 // coordinator returns the coordinator's name and gRPC address as this
 // member sees it, or empty strings when there is none.
-func (c *Cluster) coordinator() (string, string) { return pickCoordinator(c.view()) }
+func (c *Cluster) coordinator() (string, string) { return pickCoordinator(c.electable(c.view())) }
 
 // desiredRing is the ring the coordinator wants: the eligible, unpenalized
 // members of the current ring, then joiners by name, up to maxNodes,
@@ -110,7 +110,7 @@ func sameRing(a, b []Member) bool {
 // round forms a new generation if this member is the coordinator and the
 // ring should change: a member died, left, failed, or a joiner is ready.
 func (c *Cluster) round(now time.Time) {
-	view := c.view()
+	view := c.electable(c.view())
 	coord, _ := pickCoordinator(view)
 	c.mu.Lock()
 	if !c.joined || c.closed || coord != c.name {
@@ -120,6 +120,11 @@ func (c *Cluster) round(now time.Time) {
 	for name, until := range c.penalty {
 		if now.After(until) {
 			delete(c.penalty, name)
+		}
+	}
+	for name, until := range c.suspects {
+		if now.After(until) {
+			delete(c.suspects, name)
 		}
 	}
 	cur := c.cur.clone()
@@ -135,6 +140,7 @@ func (c *Cluster) round(now time.Time) {
 			base = append(base, m)
 		}
 	}
+	mayBoot := c.mayBoot()
 	c.mu.Unlock()
 
 	if len(ring) == 0 || (!forced && sameRing(ring, cur.Ring)) {
@@ -146,6 +152,10 @@ func (c *Cluster) round(now time.Time) {
 		return
 	}
 	boot := len(base) == 0 // first generation, or every member left
+	if boot && !mayBoot {
+		c.waiting(fmt.Sprintf("this member missed generation %d or the run is complete; it starts no ring on its own", c.highestGen()))
+		return
+	}
 	if boot {
 		for i := range ring {
 			ring[i].Fresh = false
@@ -279,9 +289,15 @@ func (c *Cluster) punish(name string) {
 		return
 	}
 	c.mu.Lock()
-	c.penalty[name] = time.Now().Add(c.cfg.Timing.Penalty)
+	c.penalty[name] = time.Now().Add(c.penaltyFor(name, false))
 	c.mu.Unlock()
 	c.wake()
+}
+
+func (c *Cluster) highestGen() uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return max(c.highest, c.cur.ID)
 }
 
 // reconnect tries to rejoin members that vanished without leaving (a

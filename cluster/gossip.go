@@ -100,9 +100,10 @@ func (e events) NotifyJoin(n *memberlist.Node) {
 	e.c.mu.Lock()
 	delete(e.c.lost, n.Name)
 	e.c.peers[n.Name] = info
-	if info.State == StateLeaving {
+	if info.State.gone() {
 		e.c.left[n.Name] = true
 	}
+	e.c.noteLocked(info)
 	e.c.mu.Unlock()
 	e.c.log.Debug("member joined", "member", n.Name, "addr", info.Gossip)
 	e.c.wake()
@@ -112,7 +113,8 @@ func (e events) NotifyLeave(n *memberlist.Node) {
 	info := nodeInfo(n)
 	e.c.mu.Lock()
 	delete(e.c.peers, n.Name)
-	if info.State == StateLeaving {
+	e.c.noteLocked(info)
+	if info.State.gone() {
 		e.c.left[n.Name] = true
 	} else if n.Name != e.c.name {
 		// Not a graceful leave: remember the address to heal a partition.
@@ -127,9 +129,10 @@ func (e events) NotifyUpdate(n *memberlist.Node) {
 	info := nodeInfo(n)
 	e.c.mu.Lock()
 	e.c.peers[n.Name] = info
-	if info.State == StateLeaving {
+	if info.State.gone() {
 		e.c.left[n.Name] = true
 	}
+	e.c.noteLocked(info)
 	e.c.mu.Unlock()
 	e.c.wake()
 }

@@ -42,7 +42,10 @@ func (c *Cluster) handlePropose(ctx context.Context, p *proposal) (*ack, error) 
 		}
 	}
 	c.broadcast()
-	for c.running && c.pending == p {
+	// A running step cannot complete once promised (BeginApply refuses),
+	// so the boundary is already true: wait only while an update is being
+	// applied, not for the step.
+	for c.applying && c.pending == p {
 		if err := c.waitLocked(ctx); err != nil {
 			return nil, fmt.Errorf("proposal %d: node did not reach a step boundary: %w", p.ID, err)
 		}
@@ -140,7 +143,7 @@ func (c *Cluster) handleReport(r *report) *reply {
 	c.log.Warn("failure reported", "gen", r.Gen, "reporter", r.Reporter, "peer", r.Peer, "err", r.Err)
 	c.force = r.Gen
 	if r.Peer != "" && r.Peer != c.name {
-		c.penalty[r.Peer] = time.Now().Add(c.cfg.Timing.Penalty)
+		c.penalty[r.Peer] = time.Now().Add(c.penaltyFor(r.Peer, true))
 	}
 	c.wake()
 	return &reply{OK: true}

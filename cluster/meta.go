@@ -18,6 +18,10 @@ const (
 	// StateLeaving: the member is shutting down; it is dropped from the
 	// next generation and never made coordinator.
 	StateLeaving
+	// StateDone: the run is complete (this member trained its last step);
+	// the member is leaving. A node outside the ring that sees it exits
+	// instead of waiting for a generation that will never come.
+	StateDone
 )
 
 func (s State) String() string {
@@ -30,6 +34,8 @@ func (s State) String() string {
 		return "training"
 	case StateLeaving:
 		return "leaving"
+	case StateDone:
+		return "done"
 	}
 	return fmt.Sprintf("state(%d)", uint8(s))
 }
@@ -37,7 +43,10 @@ func (s State) String() string {
 // MarshalText writes the state's name, for JSON output.
 func (s State) MarshalText() ([]byte, error) { return []byte(s.String()), nil }
 
-func (s State) valid() bool { return s >= StateJoining && s <= StateLeaving }
+func (s State) valid() bool { return s >= StateJoining && s <= StateDone }
+
+// gone reports a member that announced it is leaving, for any reason.
+func (s State) gone() bool { return s == StateLeaving || s == StateDone }
 
 // metaVersion is the first byte of every encoded Meta.
 const metaVersion = 1

@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/encoding"
 	"google.golang.org/grpc/status"
@@ -112,12 +114,37 @@ func (c *Cluster) call(ctx context.Context, addr, method string, req, resp messa
 		return err
 	}
 	if err := cc.Invoke(ctx, method, req, resp, grpc.ForceCodec(codec{})); err != nil {
-		if st, ok := status.FromError(err); ok && st.Code() == codes.Unavailable && strings.HasSuffix(st.Message(), ErrClosed.Error()) {
+		st, ok := status.FromError(err)
+		if ok && st.Code() == codes.Unavailable && strings.HasSuffix(st.Message(), ErrClosed.Error()) {
 			return fmt.Errorf("%s to %s: %w: %s", method, addr, ErrClosed, st.Message())
+		}
+		if ok && st.Code() == codes.Unavailable {
+			// The connection is down: a process that restarts on this
+			// address must be dialled afresh, not after gRPC's reconnect
+			// backoff (up to two minutes).
+			c.dropConn(addr, cc)
 		}
 		return fmt.Errorf("%s to %s: %w", method, addr, err)
 	}
 	return nil
+}
+
+// dropConn forgets the cached connection cc to addr.
+func (c *Cluster) dropConn(addr string, cc *grpc.ClientConn) {
+	c.mu.Lock()
+	if c.conns[addr] == cc {
+		delete(c.conns, addr)
+	}
+	c.mu.Unlock()
+	cc.Close()
+}
+
+// ReconnectOptions bound gRPC's reconnect backoff, so that a member that
+// restarts on its old address is reached within a second.
+func ReconnectOptions() []grpc.DialOption {
+	bc := backoff.DefaultConfig
+	bc.BaseDelay, bc.MaxDelay = 100*time.Millisecond, time.Second
+	return []grpc.DialOption{grpc.WithConnectParams(grpc.ConnectParams{Backoff: bc, MinConnectTimeout: 2 * time.Second})}
 }
 
 func (c *Cluster) rpcContext() (context.Context, context.CancelFunc) {

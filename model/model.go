@@ -28,6 +28,22 @@ type Model struct {
 	noise        bool
 	causalPrompt bool
 	allocs       []compute.Buffer
+
+	// Cancel, when set, is checked before every layer of Forward and
+	// Backward; an error it returns abandons the pass (a step that must
+	// give way to a new ring does not run to its end first).
+	Cancel func() error
+}
+
+// cancelled reports the Cancel hook's error, wrapped.
+func (m *Model) cancelled(pass string, l int) error {
+	if m.Cancel == nil {
+		return nil
+	}
+	if err := m.Cancel(); err != nil {
+		return fmt.Errorf("model %s: abandoned before layer %d: %w", pass, l, err)
+	}
+	return nil
 }
 
 // layerActs are the activations of one block kept for backward.
@@ -193,6 +209,9 @@ func (m *Model) Forward(tokens, noise []int32, n int, causalPrompt bool) error {
 	h0 := m.v(m.a.h[0], T*d)
 	b.Embedding(m.emb, tok, h0, T, d)
 	for l := 0; l < c.Layers; l++ {
+		if err := m.cancelled("forward", l); err != nil {
+			return err
+		}
 		p, la := &m.blocks[l], &m.a.layers[l]
 		hIn, hOut := m.v(m.a.h[l], T*d), m.v(m.a.h[l+1], T*d)
 		ln1, qPre, kPre, v := m.v(la.ln1, T*d), m.v(la.qPre, T*d), m.v(la.kPre, T*d), m.v(la.v, T*d)
@@ -275,6 +294,9 @@ func (m *Model) Backward(ready func(lo, hi int)) error {
 	dA, dB, dC := m.v(m.a.dA, T*d), m.v(m.a.dB, T*d), m.v(m.a.dC, T*d)
 	dF, dF2 := m.v(m.a.dF, T*f), m.v(m.a.dF2, T*f)
 	for l := c.Layers - 1; l >= 0; l-- {
+		if err := m.cancelled("backward", l); err != nil {
+			return err
+		}
 		p, g, la := &m.blocks[l], &m.gblocks[l], &m.a.layers[l]
 		hIn, hMid := m.v(m.a.h[l], T*d), m.v(la.hMid, T*d)
 		ln1, ln2 := m.v(la.ln1, T*d), m.v(la.ln2, T*d)

@@ -1,0 +1,164 @@
+package cluster
+
+import (
+	"errors"
+	"math/rand/v2"
+	"time"
+)
+
+// ErrRunDone is returned by AtStep and WaitGeneration when a member has
+// announced that the run is complete (StateDone) while this member is not
+// training with it: no generation will come, and the node should exit.
+var ErrRunDone = errors.New("the run is complete")
+
+// ErrInterrupted is returned by BeginApply when the step must not be
+// applied: a new generation was proposed since it started.
+var ErrInterrupted = errors.New("step interrupted by a new generation")
+
+// noteLocked records what a gossip event tells about the run: the highest
+// generation any peer belongs to, and whether one announced the run done.
+// Callers hold c.mu.
+func (c *Cluster) noteLocked(info MemberInfo) {
+	if info.Name == c.name {
+		return
+	}
+	c.highest = max(c.highest, info.Gen)
+	if info.State == StateDone && c.doneBy == "" {
+		c.doneBy = info.Name
+		c.log.Info("a member announced that the run is complete", "member", info.Name, "gen", info.Gen)
+		c.broadcast()
+	}
+}
+
+// SetDone announces that this member finished the run (it trained the last
+// step). Call it before Close, so that members still waiting for a ring
+// exit instead of training on their own.
+func (c *Cluster) SetDone() {
+	c.mu.Lock()
+	c.state = StateDone
+	c.mu.Unlock()
+	if err := c.ml.UpdateNode(c.cfg.Timing.RPCTimeout); err != nil {
+		c.log.Debug("announce done", "err", err)
+	}
+}
+
+// RunDone reports the member that announced the run complete, if any.
+func (c *Cluster) RunDone() (string, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.doneBy, c.doneBy != ""
+}
+
+// SetLimits changes the ring size limits, for a node that learned the run's
+// settings after it was created (a joiner adopts them from the ring).
+func (c *Cluster) SetLimits(minNodes, maxNodes int) {
+	c.mu.Lock()
+	c.cfg.MinNodes, c.cfg.MaxNodes = max(1, minNodes), max(0, maxNodes)
+	c.mu.Unlock()
+	c.wake()
+}
+
+// mayBoot reports whether this member may form a ring that has no member of
+// the previous one (the first generation, or every member left): only with
+// the newest state, so a member that missed a generation never trains on
+// its own. Callers hold c.mu.
+func (c *Cluster) mayBoot() bool {
+	if c.doneBy != "" || c.highest > c.mine {
+		return false
+	}
+	return c.cur.ID == 0 || c.mine == c.cur.ID
+}
+
+// BeginApply is called by the node after a step's gradients were summed and
+// before it applies the update. It fails when a proposal arrived since the
+// step started: the acknowledged step boundary must stay true. While the
+// update is applied, proposals wait (for milliseconds) instead of for the
+// whole step.
+func (c *Cluster) BeginApply() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	select {
+	case <-c.interrupt:
+		return ErrInterrupted
+	default:
+	}
+	if c.pending != nil || !c.running {
+		return ErrInterrupted
+	}
+	c.applying = true
+	return nil
+}
+
+// Applied tells the cluster that the node applied the update of the step it
+// was running: it has now completed every step before step.
+func (c *Cluster) Applied(step uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.boundary = step
+	c.applying = false
+	c.setIdle()
+	c.broadcast()
+}
+
+// suspect takes a member that did not answer out of the election and out of
+// new rings for a while: a coordinator that died is replaced as soon as a
+// member fails to reach it, not when gossip declares it dead seconds later.
+func (c *Cluster) suspect(name string) {
+	if name == c.name || name == "" {
+		return
+	}
+	c.mu.Lock()
+	until := time.Now().Add(c.cfg.Timing.Penalty)
+	c.suspects[name] = until
+	c.penalty[name] = until
+	c.mu.Unlock()
+	c.log.Info("suspecting member", "member", name)
+	c.wake()
+}
+
+// electable drops suspected members from a view. Callers must not hold c.mu.
+func (c *Cluster) electable(view []MemberInfo) []MemberInfo {
+	now := time.Now()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := view[:0:0]
+	for _, m := range view {
+		if until, ok := c.suspects[m.Name]; ok && now.Before(until) {
+			continue
+		}
+		out = append(out, m)
+	}
+	return out
+}
+
+// penaltyFor is how long a member that failed is kept out of new rings: it
+// starts short (a candidate that was not listening yet is retried within a
+// second or two) and doubles with every failure in a row, with jitter, up to
+// the Timing's Penalty for proposals and 10× that for members blamed for
+// failed steps, so a member that keeps breaking steps is in effect excluded.
+// Callers hold c.mu.
+func (c *Cluster) penaltyFor(name string, blamed bool) time.Duration {
+	now := time.Now()
+	s := c.strikes[name]
+	if now.Sub(s.last) > 10*c.cfg.Timing.Penalty {
+		s.n = 0
+	}
+	s.n++
+	s.last = now
+	c.strikes[name] = s
+	limit := c.cfg.Timing.Penalty
+	if blamed {
+		limit *= 10
+	}
+	d := c.cfg.Timing.Penalty / 16
+	for i := 1; i < s.n && d < limit; i++ {
+		d *= 2
+	}
+	d = min(d, limit)
+	return d + time.Duration(rand.Int64N(int64(d)/4+1))
+}
+
+type strike struct {
+	n    int
+	last time.Time
+}
