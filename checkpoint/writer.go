@@ -24,6 +24,10 @@ type Options struct {
 	KeepEvery int64
 	// Logger receives save and retention events; nil means slog.Default().
 	Logger *slog.Logger
+	// OnDone, when set, is called from the background after every save
+	// with its step and outcome (nil: the checkpoint is in place), before
+	// Wait returns. It must not call the Writer's waiting methods.
+	OnDone func(step int64, err error)
 
 	// Test hooks: create opens a new file for writing, afterFile runs after
 	// each file of a save is complete.
@@ -140,16 +144,19 @@ func (w *Writer) save(st *State, owned bool) error {
 	go func() {
 		start := time.Now()
 		err := w.persist(snap)
+		if err != nil {
+			w.log.Error("checkpoint save failed", "step", step, "err", err)
+		} else {
+			w.log.Info("checkpoint saved", "step", step, "dir", dir, "took", time.Since(start))
+		}
+		if w.opt.OnDone != nil {
+			w.opt.OnDone(step, err)
+		}
 		w.mu.Lock()
 		w.err = err
 		w.inflight = nil
 		w.mu.Unlock()
 		close(done)
-		if err != nil {
-			w.log.Error("checkpoint save failed", "step", step, "err", err)
-			return
-		}
-		w.log.Info("checkpoint saved", "step", step, "dir", dir, "took", time.Since(start))
 	}()
 	return nil
 }
@@ -170,6 +177,13 @@ func (w *Writer) Wait() error {
 	defer w.mu.Unlock()
 	w.waitLocked()
 	return w.err
+}
+
+// Busy reports whether a save is in flight. It does not wait.
+func (w *Writer) Busy() bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.inflight != nil
 }
 
 // LastError returns the error of the last completed save, nil if it
@@ -196,16 +210,22 @@ func (w *Writer) Close() error {
 func (w *Writer) persist(snap *State) (err error) {
 	name := StepDir(snap.Step)
 	final := filepath.Join(w.dir, name)
-	if _, err := os.Stat(final); err == nil {
+	replace := false
+	if _, err := os.Lstat(final); err == nil {
 		// The same run saving a step twice (e.g. right after resuming from
-		// it) is done already; anything else is a conflict.
-		if mb, err := readSmall(filepath.Join(final, ManifestFile)); err == nil {
-			if m, err := decodeManifest(mb); err == nil && m.Run == snap.Run {
-				w.log.Info("checkpoint already saved", "dir", final)
-				return nil
-			}
+		// it) is done already, and another run's complete checkpoint is a
+		// conflict. A directory that does not verify (damaged, or with no
+		// manifest: not made by a Writer) is replaced by this save.
+		old, lerr := Load(final)
+		switch {
+		case lerr == nil && old.Run == snap.Run:
+			w.log.Info("checkpoint already saved", "dir", final)
+			return nil
+		case lerr == nil:
+			return fmt.Errorf("checkpoint %s already exists and is not of run %q", final, snap.Run)
 		}
-		return fmt.Errorf("checkpoint %s already exists and is not of run %q", final, snap.Run)
+		w.log.Warn("replacing a checkpoint that does not verify", "dir", final, "err", lerr)
+		replace = true
 	}
 	tmp := filepath.Join(w.dir, tmpPrefix+name+"-"+owner()+"-"+randHex())
 	active.Store(tmp, true)
@@ -250,9 +270,13 @@ func (w *Writer) persist(snap *State) (err error) {
 	if err := syncDir(tmp); err != nil {
 		return err
 	}
-	// Rename fails if another writer completed this step meanwhile: a
-	// non-empty directory is never replaced.
-	if err := os.Rename(tmp, final); err != nil {
+	if replace {
+		if err := w.replace(tmp, final); err != nil {
+			return err
+		}
+	} else if err := os.Rename(tmp, final); err != nil {
+		// Rename fails if another writer completed this step meanwhile: a
+		// non-empty directory is never replaced.
 		return err
 	}
 	if err := syncDir(w.dir); err != nil {
