@@ -1,0 +1,105 @@
+package scaling
+
+import (
+	"math"
+	"math/rand/v2"
+	"testing"
+)
+
+// synthetic returns runs drawn from L(M, D) = a·M^−α + b·D^−β + E with
+// multiplicative noise sd: at each budget, sizes spaced evenly in ln M over
+// two decades around the true optimum.
+func synthetic(s Surface, budgets []float64, sizes int, sd float64, seed uint64) []Point {
+	rng := rand.New(rand.NewPCG(seed, 0))
+	var pts []Point
+	for _, c := range budgets {
+		mstar := math.Pow(s.Alpha*s.A/(s.Beta*s.B), 1/(s.Alpha+s.Beta)) * math.Pow(c, s.Beta/(s.Alpha+s.Beta))
+		for i := range sizes {
+			m := mstar * math.Pow(10, -1+2*float64(i)/float64(sizes-1))
+			d := c / m
+			pts = append(pts, Point{Noise: "masked", M: m, D: d, C: c, Loss: s.At(m, d) * math.Exp(sd*rng.NormFloat64())})
+		}
+	}
+	return pts
+}
+
+// TestFitRecoversKnownLaws: runs from the §9.5 masked surface give back α
+// and β within their bootstrap intervals, and iso-FLOP optima whose
+// exponents match β/(α+β) and α/(α+β) within theirs.
+func TestFitRecoversKnownLaws(t *testing.T) {
+	truth := Surface{A: 222, Alpha: 0.292, B: 1.92e3, Beta: 0.367, E: 2.17}
+	pts := synthetic(truth, []float64{1e17, 1e18, 1e19, 1e20, 1e21}, 9, 0.003, 1)
+	fits, err := Fit(pts, FitOptions{Bootstrap: 1000, SurfaceBootstrap: 100, Delta: 1e-3, Seed: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(fits) != 1 {
+		t.Fatalf("%d noise types fitted, want 1", len(fits))
+	}
+	f := fits[0]
+	if f.MOpt == nil || f.Surface == nil {
+		t.Fatalf("no laws fitted: %v", f.Notes)
+	}
+	s := f.Surface
+	t.Logf("surface a %.4g α %.4f [%.4f, %.4f] b %.4g β %.4f [%.4f, %.4f] E %.4f", s.A, s.Alpha, s.AlphaLo, s.AlphaHi, s.B, s.Beta, s.BetaLo, s.BetaHi, s.E)
+	t.Logf("M* ∝ C^%.4f [%.4f, %.4f], D* ∝ C^%.4f [%.4f, %.4f], L* ∝ C^%.4f [%.4f, %.4f], %d resamples",
+		f.MOpt.Exp, f.MOpt.Lo, f.MOpt.Hi, f.DOpt.Exp, f.DOpt.Lo, f.DOpt.Hi, f.LOpt.Exp, f.LOpt.Lo, f.LOpt.Hi, f.Resamples)
+	within := func(name string, v, lo, hi float64) {
+		if !(lo <= v && v <= hi) || hi-lo > 0.2 {
+			t.Errorf("%s: true value %.4f outside the interval [%.4f, %.4f] (or the interval is uselessly wide)", name, v, lo, hi)
+		}
+	}
+	within("α", truth.Alpha, s.AlphaLo, s.AlphaHi)
+	within("β", truth.Beta, s.BetaLo, s.BetaHi)
+	a := truth.Beta / (truth.Alpha + truth.Beta)
+	within("M* exponent", a, f.MOpt.Lo, f.MOpt.Hi)
+	within("D* exponent", 1-a, f.DOpt.Lo, f.DOpt.Hi)
+	if f.Resamples < 900 {
+		t.Errorf("only %d of 1000 resamples fitted", f.Resamples)
+	}
+	if len(f.Groups) != 5 {
+		t.Errorf("%d iso-FLOP groups, want 5", len(f.Groups))
+	}
+}
+
+// TestFitPower: a Huber power law ignores one wild point.
+func TestFitPower(t *testing.T) {
+	var c, y []float64
+	for i := range 8 {
+		x := math.Pow(10, 15+float64(i))
+		c, y = append(c, x), append(y, 0.0176*math.Pow(x, 0.566))
+	}
+	y[3] *= 3
+	a, k := FitPower(c, y, 1e-3)
+	if math.Abs(k-0.566) > 1e-3 || math.Abs(a/0.0176-1) > 0.05 {
+		t.Errorf("fit %.4g·C^%.4f, want 0.0176·C^0.566", a, k)
+	}
+}
+
+// TestLossRatio reproduces §9.7: the uniform/masked compute-optimal loss
+// ratio from the Method 1 sq-fit laws.
+func TestLossRatio(t *testing.T) {
+	m := Law{A: 27.21883, Exp: -0.04961}
+	u := Law{A: 31.26171, Exp: -0.05219}
+	for _, c := range []struct{ c, want float64 }{{1e18, 1.0321}, {1e19, 1.0259}, {1e20, 1.0199}, {1e21, 1.0138}, {1e22, 1.0078}} {
+		if r := Ratio(u, m, c.c); math.Abs(r-c.want) > 1e-4 {
+			t.Errorf("C=%g: ratio %.4f, want %.4f", c.c, r, c.want)
+		}
+	}
+}
+
+// TestIsoFLOPTooFewSizes: a budget with two sizes has no parabola, and
+// says so.
+func TestIsoFLOPTooFewSizes(t *testing.T) {
+	pts := []Point{{Noise: "u", M: 1, D: 1, C: 1, Loss: 3}, {Noise: "u", M: 2, D: 1, C: 1, Loss: 2}}
+	f, err := Fit(pts, FitOptions{Bootstrap: 10, Delta: 1e-3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f[0].MOpt != nil || len(f[0].Notes) == 0 {
+		t.Errorf("fitted laws from two runs: %+v", f[0])
+	}
+	if _, err := Fit([]Point{{Noise: "u", M: 1, D: 1, C: 1, Loss: math.NaN()}}, FitOptions{Delta: 1e-3}); err == nil {
+		t.Error("a NaN loss was accepted")
+	}
+}
