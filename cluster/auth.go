@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
+	"google.golang.org/grpc/tap"
 )
 
 // authHeader carries a call token: 8 bytes of Unix nanoseconds, a random
@@ -31,8 +32,12 @@ const (
 
 // ServerOptions returns the options that make a gRPC server check every call
 // (unary and streaming) against sec: transport credentials for mutual TLS,
-// and interceptors that refuse calls without a valid token. With a nil sec
-// it returns nothing. Every service on the node's server gets the same check.
+// and a tap handle that refuses calls without a valid token as the stream
+// opens, before any message of it is read, so an unauthenticated peer
+// cannot make the server buffer a message. Interceptors check again that
+// every call passed it. With a nil sec it returns nothing. Every service on
+// the node's server gets the same check; the server can have no other tap
+// handle.
 func ServerOptions(sec *Security) []grpc.ServerOption {
 	if sec == nil {
 		return nil
@@ -43,6 +48,7 @@ func ServerOptions(sec *Security) []grpc.ServerOption {
 	}
 	if sec.authKey != nil {
 		opts = append(opts,
+			grpc.InTapHandle(sec.tap),
 			grpc.ChainUnaryInterceptor(func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
 				if err := sec.check(ctx, info.FullMethod); err != nil {
 					return nil, err
@@ -122,10 +128,31 @@ func (s *Security) sign(ctx context.Context, method string) (context.Context, er
 	return metadata.AppendToOutgoingContext(ctx, authHeader, string(tok)), nil
 }
 
-// check refuses a call whose token is missing, malformed, stale, replayed or
-// forged, and logs the refusal with the caller's address.
+// tapped marks a stream context whose token the tap handle accepted; its
+// value is the method the token was for.
+type tapped struct{}
+
+// tap checks the token of a new stream from its headers.
+func (s *Security) tap(ctx context.Context, info *tap.Info) (context.Context, error) {
+	if err := s.refuse(ctx, info.FullMethodName, s.verify(info.Header, info.FullMethodName, time.Now())); err != nil {
+		return ctx, err
+	}
+	return context.WithValue(ctx, tapped{}, info.FullMethodName), nil
+}
+
+// check refuses a call that did not pass the tap handle and has no valid
+// token of its own.
 func (s *Security) check(ctx context.Context, method string) error {
-	err := s.verify(ctx, method, time.Now())
+	if m, ok := ctx.Value(tapped{}).(string); ok && m == method {
+		return nil
+	}
+	md, _ := metadata.FromIncomingContext(ctx)
+	return s.refuse(ctx, method, s.verify(md, method, time.Now()))
+}
+
+// refuse turns a token that is missing, malformed, stale, replayed or
+// forged into Unauthenticated, and logs it with the caller's address.
+func (s *Security) refuse(ctx context.Context, method string, err error) error {
 	if err == nil {
 		return nil
 	}
@@ -137,8 +164,7 @@ func (s *Security) check(ctx context.Context, method string) error {
 	return status.Error(codes.Unauthenticated, "cluster authentication failed")
 }
 
-func (s *Security) verify(ctx context.Context, method string, now time.Time) error {
-	md, _ := metadata.FromIncomingContext(ctx)
+func (s *Security) verify(md metadata.MD, method string, now time.Time) error {
 	vals := md.Get(authHeader)
 	if len(vals) != 1 {
 		return fmt.Errorf("%d auth tokens, want 1", len(vals))

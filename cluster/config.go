@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -20,10 +21,12 @@ type Config struct {
 	// suffix is always added, so a restarted process is a new member.
 	Name string
 
-	// Gossip listens on BindAddr:BindPort (default 0.0.0.0:7946; port 0
-	// picks a free one) and tells peers AdvertiseAddr:AdvertisePort, which
-	// defaults to the bind values (or the first private address for
-	// 0.0.0.0). In a container they usually differ.
+	// Gossip listens on BindAddr:BindPort (port 0 picks a free one) and
+	// tells peers AdvertiseAddr:AdvertisePort, which defaults to the bind
+	// values (or the first private address for 0.0.0.0). In a container
+	// they usually differ. BindAddr defaults to DefaultHost: 0.0.0.0 with
+	// a cluster key, 127.0.0.1 without one. Gossip beyond loopback without
+	// the key is refused unless Insecure is set (see CheckExposure).
 	BindAddr      string
 	BindPort      int
 	AdvertiseAddr string
@@ -49,13 +52,19 @@ type Config struct {
 	// checkpoint's step), reported until the node calls AtStep.
 	Step uint64
 
-	// Announced in the gossip metadata.
+	// Announced in the gossip metadata. Data is non-empty when the member
+	// serves dataset shards (Flight); it is announced only as DataTag(Data),
+	// so gossip and `trainer status` carry no file paths.
 	Backend string
 	Data    string
 	Version string
 
-	// Security protects gossip and RPCs; nil runs unprotected (logged).
+	// Security protects gossip and RPCs; nil runs unprotected, which is
+	// allowed beyond loopback only with Insecure.
 	Security *Security
+	// Insecure allows gossip beyond loopback without the cluster key. The
+	// caller warns once (CheckExposure does).
+	Insecure bool
 
 	Timing Timing
 
@@ -144,7 +153,11 @@ func (c Config) withDefaults() (Config, error) {
 		return c, fmt.Errorf("cluster config: bad node name %q", c.Name)
 	}
 	if c.BindAddr == "" {
-		c.BindAddr = "0.0.0.0"
+		c.BindAddr = DefaultHost(c.Security, c.Insecure)
+	}
+	gossip := []Listener{{Flag: "gossip bind", Addr: c.BindAddr, Gossip: true}, {Flag: "gossip advertise", Addr: c.AdvertiseAddr, Gossip: true}}
+	if bad := unprotected(gossip, c.Security); len(bad) > 0 && !c.Insecure {
+		return c, fmt.Errorf("cluster config: %s: gossip beyond loopback needs the cluster key (%s or --cluster-key-file), or --insecure", describe(bad), EnvKey)
 	}
 	if c.BindPort < 0 || c.BindPort > 65535 || c.AdvertisePort < 0 || c.AdvertisePort > 65535 {
 		return c, fmt.Errorf("cluster config: gossip port out of range")
@@ -183,6 +196,7 @@ func (c Config) withDefaults() (Config, error) {
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
+	c.Data = DataTag(c.Data)
 	m := Meta{GRPCAddr: c.GRPCAddr, State: StateLeaving, Gen: 1<<64 - 1, Backend: c.Backend, Data: c.Data, Version: c.Version}
 	if n := len(m.encode()); n > MaxMetaSize {
 		return c, fmt.Errorf("cluster config: node metadata of %d bytes exceeds %d (shorten address, backend, data or version)", n, MaxMetaSize)
@@ -197,4 +211,25 @@ func uniqueName(prefix string) (string, error) {
 		return "", fmt.Errorf("node name: %w", err)
 	}
 	return prefix + "-" + hex.EncodeToString(b[:]), nil
+}
+
+// DataTag is what a member announces for its dataset: empty for none, else
+// "data-" and 8 hex digits of the sha256 of data (a directory or an id), so
+// members with the same dataset show the same tag and no path leaves the
+// node. A value that already is a tag is kept.
+func DataTag(data string) string {
+	if data == "" || (len(data) == 13 && strings.HasPrefix(data, "data-") && isHex(data[5:])) {
+		return data
+	}
+	sum := sha256.Sum256([]byte(data))
+	return "data-" + hex.EncodeToString(sum[:4])
+}
+
+func isHex(s string) bool {
+	for _, r := range s {
+		if !strings.ContainsRune("0123456789abcdef", r) {
+			return false
+		}
+	}
+	return true
 }

@@ -47,15 +47,16 @@ func (t *table) set(n *memberlist.Node) {
 // Discover joins the gossip at seed (host:port of a gossip port) for a
 // moment, as an observer that is never admitted to a ring, and returns the
 // live members with their metadata. `trainer status --seed` uses it to find
-// the gRPC addresses to query.
-func Discover(ctx context.Context, seed string, sec *Security) ([]MemberInfo, error) {
-	host, _, err := net.SplitHostPort(seed)
+// the gRPC addresses to query. It listens only on the local address that
+// reaches the seed; beyond loopback that needs the cluster key, or
+// insecure (see CheckExposure).
+func Discover(ctx context.Context, seed string, sec *Security, insecure bool) ([]MemberInfo, error) {
+	bind, err := localFor(ctx, seed)
 	if err != nil {
-		return nil, fmt.Errorf("seed %q: %w", seed, err)
+		return nil, err
 	}
-	bind := "0.0.0.0"
-	if ips, err := net.DefaultResolver.LookupIP(ctx, "ip", host); err == nil && len(ips) > 0 && ips[0].IsLoopback() {
-		bind = "127.0.0.1"
+	if err := CheckExposure([]Listener{{Flag: "status observer for seed " + seed, Addr: bind, Gossip: true}}, sec, insecure, nil); err != nil {
+		return nil, err
 	}
 	name, err := uniqueName("status")
 	if err != nil {
@@ -84,7 +85,10 @@ func Discover(ctx context.Context, seed string, sec *Security) ([]MemberInfo, er
 	}
 	defer ml.Shutdown()
 	if _, err := ml.Join([]string{seed}); err != nil {
-		return nil, fmt.Errorf("join %s: %w", seed, err)
+		if sec.GossipKey() == nil {
+			return nil, fmt.Errorf("join %s: %w (a cluster with a key answers only members that hold it: set %s or --cluster-key-file)", seed, err, EnvKey)
+		}
+		return nil, fmt.Errorf("join %s: %w (is the cluster key the cluster's?)", seed, err)
 	}
 	defer ml.Leave(time.Second)
 	tab.mu.Lock()
@@ -97,4 +101,31 @@ func Discover(ctx context.Context, seed string, sec *Security) ([]MemberInfo, er
 	}
 	slices.SortFunc(out, func(a, b MemberInfo) int { return strings.Compare(a.Name, b.Name) })
 	return out, nil
+}
+
+// localFor returns the local IP address this machine uses to reach seed
+// (host:port): loopback for a seed on this machine. Dialing UDP sends
+// nothing; it only picks the route.
+func localFor(ctx context.Context, seed string) (string, error) {
+	host, port, err := net.SplitHostPort(seed)
+	if err != nil {
+		return "", fmt.Errorf("seed %q: %w", seed, err)
+	}
+	ips, err := net.DefaultResolver.LookupIP(ctx, "ip", host)
+	if err != nil {
+		return "", fmt.Errorf("seed %q: %w", seed, err)
+	}
+	if len(ips) == 0 {
+		return "", fmt.Errorf("seed %q: %s has no address", seed, host)
+	}
+	if ips[0].IsLoopback() {
+		return "127.0.0.1", nil
+	}
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "udp", net.JoinHostPort(ips[0].String(), port))
+	if err != nil {
+		return "", fmt.Errorf("seed %q: no route: %w", seed, err)
+	}
+	defer c.Close()
+	return c.LocalAddr().(*net.UDPAddr).IP.String(), nil
 }

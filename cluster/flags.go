@@ -9,6 +9,9 @@ import (
 type SecurityFlags struct {
 	Key, KeyFile              string
 	Cert, CertKey, CA, Server string
+	// Insecure allows listening beyond loopback without a cluster key
+	// (CheckExposure); without it such addresses are refused.
+	Insecure bool
 }
 
 // Register adds the flags to fs.
@@ -19,6 +22,7 @@ func (f *SecurityFlags) Register(fs *pflag.FlagSet) {
 	fs.StringVar(&f.CertKey, "tls-key", "", "PEM private key of --tls-cert")
 	fs.StringVar(&f.CA, "tls-ca", "", "PEM CA certificate that signed every node's certificate")
 	fs.StringVar(&f.Server, "tls-server-name", "", "name to check in peer certificates (default: any certificate signed by --tls-ca)")
+	fs.BoolVar(&f.Insecure, "insecure", false, "allow listening beyond 127.0.0.1 without a cluster key: gossip readable, RPCs unauthenticated (warns once)")
 }
 
 // Load returns the Security the flags describe, or nil when neither a

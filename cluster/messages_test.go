@@ -142,8 +142,27 @@ func TestMetaRoundTripAndLimits(t *testing.T) {
 		t.Errorf("450-byte metadata refused: %v", err)
 	}
 	cfg.Version = long
+	cfg.GRPCAddr = long[:100] + ":1"
 	if _, err := cfg.withDefaults(); err == nil || !strings.Contains(err.Error(), "exceeds") {
 		t.Errorf("oversized metadata: got %v", err)
+	}
+}
+
+// TestDataTagHidesPaths: the dataset a member announces in the gossip (and
+// `trainer status` shows) is a tag, never the directory.
+func TestDataTagHidesPaths(t *testing.T) {
+	c, err := Config{GRPCAddr: "127.0.0.1:1", Data: "/secret/corpus/dir"}.withDefaults()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(c.Data, "secret") || !strings.HasPrefix(c.Data, "data-") || len(c.Data) != 13 {
+		t.Errorf("announced data %q, want a data-XXXXXXXX tag", c.Data)
+	}
+	if DataTag(c.Data) != c.Data || DataTag("/secret/corpus/dir") != c.Data || DataTag("other") == c.Data {
+		t.Error("DataTag is not a stable, idempotent tag")
+	}
+	if DataTag("") != "" {
+		t.Error("no dataset must stay empty (members that serve no shards)")
 	}
 }
 

@@ -8,7 +8,10 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"log/slog"
+	"net"
 	"os"
+	"strings"
 	"sync"
 	"time"
 )
@@ -156,5 +159,90 @@ func (s *Security) loadTLS(f TLSFiles) error {
 			return err
 		}
 	}
+	return nil
+}
+
+// Listener is an address a node listens on or announces to peers, named by
+// the flag that set it, for CheckExposure.
+type Listener struct {
+	Flag   string // e.g. "--bind", for messages
+	Addr   string // host:port; empty: not used. An empty host is every interface.
+	Gossip bool   // gossip: only the cluster key protects it, TLS does not
+}
+
+// Loopback reports whether host, an IP address or "localhost", reaches only
+// this machine. Other names count as reaching beyond it.
+func Loopback(host string) bool {
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// DefaultHost is where a node listens when an address gives no host: every
+// interface with a cluster key (or when the operator chose insecure), and
+// loopback only otherwise.
+func DefaultHost(sec *Security, insecure bool) string {
+	if sec.GossipKey() != nil || insecure {
+		return "0.0.0.0"
+	}
+	return "127.0.0.1"
+}
+
+// unprotected returns the listeners of ls that reach beyond this machine
+// without what protects them: the cluster key for gossip, a key or mutual
+// TLS for gRPC and HTTP.
+func unprotected(ls []Listener, sec *Security) []Listener {
+	var out []Listener
+	for _, l := range ls {
+		if l.Addr == "" {
+			continue
+		}
+		host, _, err := net.SplitHostPort(l.Addr)
+		if err != nil {
+			host = l.Addr
+		}
+		if Loopback(host) || sec.GossipKey() != nil || (sec != nil && !l.Gossip) {
+			continue
+		}
+		out = append(out, l)
+	}
+	return out
+}
+
+func describe(ls []Listener) string {
+	var b strings.Builder
+	for i, l := range ls {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		fmt.Fprintf(&b, "%s %s", l.Flag, l.Addr)
+	}
+	return b.String()
+}
+
+// CheckExposure refuses, before anything is bound, to listen beyond this
+// machine without protection: gossip needs the cluster key (TLS does not
+// cover it), gRPC and HTTP a key or mutual TLS. With insecure it allows
+// them and logs one warning to log (nil: slog's default) naming them.
+func CheckExposure(ls []Listener, sec *Security, insecure bool, log *slog.Logger) error {
+	bad := unprotected(ls, sec)
+	if len(bad) == 0 {
+		return nil
+	}
+	if !insecure {
+		why := "without a cluster key"
+		if sec != nil {
+			why = "with TLS but no cluster key (gossip is encrypted only by the key)"
+		}
+		return fmt.Errorf("%s would be reachable from other machines %s: set %s or --cluster-key-file on every node, or pass --insecure to run unprotected",
+			describe(bad), why, EnvKey)
+	}
+	if log == nil {
+		log = slog.Default()
+	}
+	log.Warn("--insecure: listening beyond this machine without a cluster key; anyone who reaches these ports can read the gossip, join the ring and call every RPC",
+		"addrs", describe(bad))
 	return nil
 }

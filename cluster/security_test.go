@@ -72,11 +72,11 @@ func TestTokenVerify(t *testing.T) {
 	sec := mustSecurity(t, "the-cluster-secret-0123")
 	other := mustSecurity(t, "another-secret-abcdefgh")
 	now := time.Now()
-	incoming := func(tok []byte) context.Context {
+	incoming := func(tok []byte) metadata.MD {
 		if tok == nil {
-			return context.Background()
+			return nil
 		}
-		return metadata.NewIncomingContext(context.Background(), metadata.Pairs(authHeader, string(tok)))
+		return metadata.Pairs(authHeader, string(tok))
 	}
 	tok := func(s *Security, method string, at time.Time) []byte {
 		b, err := s.token(method, at)

@@ -32,10 +32,10 @@ func TestStatusThroughSeed(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if _, err := Discover(ctx, nodes[0].c.GossipAddr(), nil); err == nil {
+	if _, err := Discover(ctx, nodes[0].c.GossipAddr(), nil, false); err == nil {
 		t.Error("discovery without the secret succeeded")
 	}
-	ms, err := Discover(ctx, nodes[0].c.GossipAddr(), sec)
+	ms, err := Discover(ctx, nodes[0].c.GossipAddr(), sec, false)
 	if err != nil {
 		t.Fatal(err)
 	}

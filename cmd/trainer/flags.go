@@ -110,13 +110,13 @@ func (f *runFlags) register(fs *pflag.FlagSet, join bool) {
 	fs.IntVar(&f.threads, "threads", 0, "CPU threads for kernels and BLAS (0: all cores)")
 
 	fs.StringVar(&f.name, "name", "", "node name prefix (default: host name; a random suffix is always added)")
-	fs.StringVar(&f.bind, "bind", "0.0.0.0:7946", "gossip bind address host:port")
+	fs.StringVar(&f.bind, "bind", ":7946", "gossip bind address host:port (no host: 0.0.0.0 with a cluster key, else 127.0.0.1)")
 	fs.StringVar(&f.advertise, "advertise", "", "gossip address peers use, host:port (default: the bind address; in Kubernetes the pod IP)")
-	fs.StringVar(&f.grpcAddr, "grpc", "0.0.0.0:7947", "gRPC bind address host:port (control, allreduce, data, state transfer)")
+	fs.StringVar(&f.grpcAddr, "grpc", ":7947", "gRPC bind address host:port for control, allreduce, data and state transfer (no host: as --bind)")
 	fs.StringVar(&f.grpcAdvertise, "grpc-advertise", "", "gRPC address peers dial (default: the advertise host with the --grpc port)")
 	fs.IntVar(&f.minNodes, "min-nodes", 1, "fewest members a ring may train with")
 	fs.IntVar(&f.maxNodes, "max-nodes", 0, "most members a ring admits (0: no limit)")
-	f.security.Register(fs) // --cluster-key (or $DIFFTRAIN_CLUSTER_KEY), --cluster-key-file, --tls-*
+	f.security.Register(fs) // --cluster-key (or $DIFFTRAIN_CLUSTER_KEY), --cluster-key-file, --tls-*, --insecure
 	fs.DurationVar(&f.joinTimeout, "join-timeout", 2*time.Minute, "how long to retry reaching the seed")
 
 	fs.StringVar(&f.codec, "codec", "none", "gradient codec: none, bf16, bf16-zstd or int8")
@@ -124,7 +124,7 @@ func (f *runFlags) register(fs *pflag.FlagSet, join bool) {
 	fs.DurationVar(&f.allreduceTimeout, "allreduce-timeout", 10*time.Second, "abort a step when a ring neighbour is silent this long")
 	fs.BoolVar(&f.allreduceChecksum, "allreduce-checksum", false, "CRC-32C every gradient message (catches corruption TCP cannot; every node must agree)")
 
-	fs.StringVar(&f.metricsAddr, "metrics-addr", "0.0.0.0:9090", "HTTP address for /metrics, /healthz and /readyz (empty: off)")
+	fs.StringVar(&f.metricsAddr, "metrics-addr", ":9090", "HTTP address for /metrics, /healthz and /readyz (empty: off; no host: as --bind)")
 	fs.IntVar(&f.checksumEvery, "checksum-every", 50, "compare weight checksums across the ring every K steps (0: off)")
 	fs.StringVar(&f.progress, "progress", "auto", "progress display: auto (bar on a terminal), bar, log or none")
 	fs.IntVar(&f.logEvery, "log-every", 10, "log a line every K steps when not showing a bar")

@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/difftrain/difftrain/cluster"
 )
@@ -31,7 +33,10 @@ var statusCmd = &cobra.Command{
 	Long: `status asks a running cluster how it is doing. Give either --seed, the gossip
 address of any node (the one "trainer join --seed" takes), or --addr, the gRPC
 address of any node. Every live member is then asked for its own step, loss and
-throughput. The cluster secret and TLS files must match the cluster's.`,
+throughput. The cluster secret ($DIFFTRAIN_CLUSTER_KEY or --cluster-key-file) and TLS
+files must match the cluster's: a cluster with a key answers nobody without it. With
+--seed on another machine, status briefly listens for gossip there, which without a
+key needs --insecure.`,
 	Args: cobra.NoArgs,
 	RunE: func(cmd *cobra.Command, args []string) error {
 		f := &statusFlags
@@ -46,7 +51,7 @@ throughput. The cluster secret and TLS files must match the cluster's.`,
 		defer cancel()
 		addr := f.addr
 		if f.seed != "" {
-			members, err := cluster.Discover(ctx, f.seed, sec)
+			members, err := cluster.Discover(ctx, f.seed, sec, f.sec.Insecure)
 			if err != nil {
 				return err
 			}
@@ -56,7 +61,7 @@ throughput. The cluster secret and TLS files must match the cluster's.`,
 		}
 		st, err := cluster.QueryStatus(ctx, addr, sec)
 		if err != nil {
-			return err
+			return keyHint(err, sec)
 		}
 		report := collect(ctx, st, addr, sec)
 		if f.json {
@@ -76,6 +81,18 @@ func init() {
 	fs.BoolVar(&statusFlags.json, "json", false, "print JSON instead of a table")
 	statusFlags.sec.Register(fs)
 	root.AddCommand(statusCmd)
+}
+
+// keyHint says what to do when a member refused the call for want of
+// the cluster's key.
+func keyHint(err error, sec *cluster.Security) error {
+	if status.Code(err) != codes.Unauthenticated {
+		return err
+	}
+	if sec == nil {
+		return fmt.Errorf("%w: the cluster has a key; set %s or --cluster-key-file", err, cluster.EnvKey)
+	}
+	return fmt.Errorf("%w: the cluster key (or TLS files) differ from the cluster's", err)
 }
 
 // firstAddr picks a gRPC address to ask, preferring members in a ring.
@@ -130,7 +147,7 @@ func collect(ctx context.Context, st cluster.Status, queried string, sec *cluste
 		wg.Go(func() {
 			s, err := cluster.QueryStatus(ctx, m.GRPCAddr, sec)
 			if err != nil {
-				r.Members[i].Error = err.Error()
+				r.Members[i].Error = keyHint(err, sec).Error()
 				return
 			}
 			r.Members[i].Info = &s.Info

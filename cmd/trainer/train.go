@@ -60,6 +60,9 @@ func runNode(cmd *cobra.Command, f *runFlags, join bool) error {
 	if err != nil {
 		return err
 	}
+	if err := f.secureAddrs(sec, nil); err != nil {
+		return err
+	}
 	o := node.Options{
 		Join:          join,
 		Data:          dataset.Options{Dir: f.data, URL: f.dataURL, Peer: f.dataPeer, CacheDir: f.cacheDir},
@@ -110,7 +113,7 @@ func clusterConfig(f *runFlags, sec *cluster.Security) (cluster.Config, error) {
 	}
 	c := cluster.Config{
 		Name: f.name, BindAddr: bh, BindPort: bp, Seeds: f.seeds, JoinTimeout: f.joinTimeout,
-		MinNodes: f.minNodes, MaxNodes: f.maxNodes, Security: sec, Data: f.data,
+		MinNodes: f.minNodes, MaxNodes: f.maxNodes, Security: sec, Insecure: f.security.Insecure, Data: f.data,
 	}
 	advHost := ""
 	if f.advertise != "" {
