@@ -146,9 +146,10 @@ func (t *Tokenizer) Decode(dst []byte, ids []int32) []byte {
 
 // encoder holds the state of one Encode call.
 type encoder struct {
-	t   *Tokenizer
-	dst []int32
-	buf []byte
+	t    *Tokenizer
+	dst  []int32
+	buf  []byte
+	word func([]byte) // if set, gets each word instead of BPE (training)
 }
 
 func (e *encoder) token(id int32) { e.dst = append(e.dst, id) }
@@ -187,14 +188,22 @@ func (e *encoder) pretok(s []byte, level int) {
 		s = e.buf
 	}
 	if !e.t.blRegex {
-		e.dst = e.t.model.encode(e.dst, s)
+		e.bpe(s)
 		return
 	}
 	start := 0
 	scanner{contractions: 1}.split(s, func(end int) {
-		e.dst = e.t.model.encode(e.dst, s[start:end])
+		e.bpe(s[start:end])
 		start = end
 	})
+}
+
+func (e *encoder) bpe(w []byte) {
+	if e.word != nil {
+		e.word(w)
+		return
+	}
+	e.dst = e.t.model.encode(e.dst, w)
 }
 
 // matcher finds added tokens, leftmost and then longest first, as the
