@@ -215,6 +215,9 @@ func Prepare(ctx context.Context, o PrepareOptions) (*PrepareStats, error) {
 		}
 		man.Shards = append(man.Shards, infos...)
 	}
+	if err := writeTokenizerCopy(o.Out, o.Tokenizer, man); err != nil {
+		return nil, fmt.Errorf("prepare: %w", err)
+	}
 	if err := shard.WriteManifest(o.Out, man); err != nil {
 		return nil, fmt.Errorf("prepare: %w", err)
 	}

@@ -20,9 +20,13 @@ const ManifestName = "manifest.json"
 type Manifest struct {
 	Version   int    `json:"version"`
 	Tokenizer string `json:"tokenizer"`
-	Vocab     int    `json:"vocab"`
-	SeqLen    int    `json:"seq_len"`
-	Shards    []Info `json:"shards"`
+	// TokenizerFile names a copy of the tokenizer file beside the shards
+	// and TokenizerSHA256 its hex digest; empty for built-in tokenizers.
+	TokenizerFile   string `json:"tokenizer_file,omitempty"`
+	TokenizerSHA256 string `json:"tokenizer_sha256,omitempty"`
+	Vocab           int    `json:"vocab"`
+	SeqLen          int    `json:"seq_len"`
+	Shards          []Info `json:"shards"`
 	// Source records how the dataset was made (input, flags); informational.
 	Source map[string]string `json:"source,omitempty"`
 }

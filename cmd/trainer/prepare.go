@@ -19,6 +19,7 @@ var prepareFlags struct {
 	seqLen      int
 	format      string
 	field       string
+	tokenizer   string
 	valFraction float64
 	shardMB     float64
 	maxMB       float64
@@ -52,6 +53,7 @@ func init() {
 	f.IntVar(&prepareFlags.seqLen, "seq-len", 256, "tokens per training sequence")
 	f.StringVar(&prepareFlags.format, "format", "text", "input format: text (a file is a document) or jsonl (a line is a document)")
 	f.StringVar(&prepareFlags.field, "field", "text", "JSONL field holding the document text")
+	f.StringVar(&prepareFlags.tokenizer, "tokenizer", "", "Hugging Face tokenizer.json, or a directory holding one, with ids 0-3 BOS/EOS/PAD/MASK (default: byte-level tokens); copied beside the shards")
 	f.Float64Var(&prepareFlags.valFraction, "val-fraction", 0.01, "share of documents held out as the validation split")
 	f.Float64Var(&prepareFlags.shardMB, "shard-mb", 64, "target shard size in MiB")
 	f.Float64Var(&prepareFlags.maxMB, "max-mb", 0, "stop reading input after this many MiB (0: all)")
@@ -68,6 +70,13 @@ func runPrepare(cmd *cobra.Command, _ []string) error {
 		Inputs: pf.inputs, Out: pf.out, Format: pf.format, Field: pf.field, SeqLen: pf.seqLen,
 		ValFraction: pf.valFraction, ShardMB: pf.shardMB, MaxMB: pf.maxMB,
 		Ext: pf.ext, SkipDirs: pf.skipDirs, Workers: pf.workers,
+	}
+	if pf.tokenizer != "" {
+		t, err := dataset.LoadTokenizer(pf.tokenizer)
+		if err != nil {
+			return fmt.Errorf("prepare: %w", err)
+		}
+		o.Tokenizer = t
 	}
 	if len(o.Inputs) == 0 {
 		dir, ext, skip, err := dataset.DefaultCorpus()

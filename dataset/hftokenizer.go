@@ -1,0 +1,89 @@
+package dataset
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/difftrain/difftrain/shard"
+	"github.com/difftrain/difftrain/tokenizer"
+)
+
+// TokenizerCopy is the name of the copy of a Hugging Face tokenizer file
+// that Prepare writes beside the shards.
+const TokenizerCopy = tokenizer.FileName
+
+// FileTokenizer is a tokenizer that comes from a file, which goes with the
+// dataset (a copy beside the shards, its sha256 in the manifest).
+type FileTokenizer interface {
+	Tokenizer
+	File() []byte   // the tokenizer.json
+	SHA256() string // hex digest of File
+}
+
+// LoadTokenizer loads a Hugging Face tokenizer.json (or a directory holding
+// one) for Prepare. Its ids 0-3 must be special tokens, as the packing and
+// the diffusion rely on BOS, EOS, PAD and MASK there (gidd-spec.md §8.1).
+func LoadTokenizer(path string) (FileTokenizer, error) {
+	t, err := tokenizer.Load(path)
+	if err != nil {
+		return nil, err
+	}
+	for id := range int32(4) {
+		if !t.Special(id) {
+			return nil, fmt.Errorf("tokenizer %s: id %d is %q, not a special token: ids 0-3 must be BOS, EOS, PAD, MASK (gidd-spec.md §8.1; `trainer tokenizer train` writes that layout)",
+				path, id, t.Token(id))
+		}
+	}
+	return t, nil
+}
+
+// writeTokenizerCopy writes the tokenizer file beside the shards (through a
+// temporary file) and records it in the manifest. Other tokenizers need
+// nothing.
+func writeTokenizerCopy(dir string, t Tokenizer, m *shard.Manifest) error {
+	ft, ok := t.(FileTokenizer)
+	if !ok {
+		return nil
+	}
+	tmp := filepath.Join(dir, "."+TokenizerCopy+".tmp")
+	if err := os.WriteFile(tmp, ft.File(), 0o644); err != nil {
+		return fmt.Errorf("tokenizer copy: %w", err)
+	}
+	if err := os.Rename(tmp, filepath.Join(dir, TokenizerCopy)); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("tokenizer copy: %w", err)
+	}
+	m.TokenizerFile, m.TokenizerSHA256 = TokenizerCopy, ft.SHA256()
+	return nil
+}
+
+// ManifestTokenizer returns the tokenizer of the dataset in dir: the copy
+// its manifest names, checked against the recorded sha256 and name, or a
+// built-in tokenizer by name.
+func ManifestTokenizer(dir string, m *shard.Manifest) (Tokenizer, error) {
+	if m.TokenizerFile == "" {
+		return TokenizerByName(m.Tokenizer)
+	}
+	if filepath.Base(m.TokenizerFile) != m.TokenizerFile {
+		return nil, fmt.Errorf("manifest: tokenizer file %q is not a plain name", m.TokenizerFile)
+	}
+	path := filepath.Join(dir, m.TokenizerFile)
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("dataset tokenizer: %w", err)
+	}
+	if sum := sha256.Sum256(data); hex.EncodeToString(sum[:]) != m.TokenizerSHA256 {
+		return nil, fmt.Errorf("dataset tokenizer %s: sha256 %x, the manifest records %s", path, sum, m.TokenizerSHA256)
+	}
+	t, err := tokenizer.Parse(data)
+	if err != nil {
+		return nil, fmt.Errorf("dataset tokenizer %s: %w", path, err)
+	}
+	if t.Name() != m.Tokenizer || t.Vocab() != m.Vocab {
+		return nil, fmt.Errorf("dataset tokenizer %s: %s with %d ids, the manifest records %s with %d", path, t.Name(), t.Vocab(), m.Tokenizer, m.Vocab)
+	}
+	return t, nil
+}
