@@ -16,13 +16,14 @@ const (
 	CodecBF16     = "bf16"      // bfloat16, round to nearest even
 	CodecBF16Zstd = "bf16-zstd" // bf16 split into byte planes, sign/exponent plane zstd-compressed
 	CodecInt8     = "int8"      // int8 per block of Int8Block elements, one fp32 scale per block
+	CodecPowerSGD = "powersgd"  // rank-r PowerSGD with error feedback (powersgd.go)
 )
 
 // Int8Block is the number of elements that share one scale in the int8 codec.
 const Int8Block = 256
 
 // Codecs lists the codec names in the order benchmarks report them.
-var Codecs = []string{CodecNone, CodecBF16, CodecBF16Zstd, CodecInt8}
+var Codecs = []string{CodecNone, CodecBF16, CodecBF16Zstd, CodecInt8, CodecPowerSGD}
 
 // A codec turns fp32 values into a message payload and back. Partial sums
 // travel in the codec's format and are accumulated in fp32. One codec value is
@@ -77,6 +78,10 @@ var codecTable = []*codecInfo{
 		make: newZstdCodec},
 	{id: 4, name: CodecInt8, lossy: true, feedback: true, check: exactInt8, maxSize: int8Size,
 		make: func() (codec, error) { return int8Codec{}, nil }},
+	// PowerSGD sums its uncompressed values, Ps and Qs in fp32; the
+	// compression happens around the ring, not in the codec.
+	{id: 5, name: CodecPowerSGD, feedback: true, width: 4, check: exactSize(4), maxSize: func(n int) int { return 4 * n },
+		make: func() (codec, error) { return noneCodec{}, nil }},
 }
 
 func codecByName(name string) (*codecInfo, error) {

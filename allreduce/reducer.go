@@ -82,7 +82,7 @@ func (g Generation) peer(i int) Peer {
 
 // Config configures a Reducer. Zero fields take the defaults.
 type Config struct {
-	Codec       string        // none (default), bf16, bf16-zstd or int8
+	Codec       string        // none (default), bf16, bf16-zstd, int8 or powersgd
 	BucketBytes int           // fp32 bytes per bucket; default 25 MiB
 	ChunkBytes  int           // fp32 bytes per message; default 512 KiB, at most 4 MiB
 	Deadline    time.Duration // longest wait for a peer; default 5 s
@@ -92,6 +92,14 @@ type Config struct {
 	// throughput on loopback. Every member must agree on it.
 	Checksum bool
 	Logger   *slog.Logger // default slog.Default()
+
+	// PowerSGD settings (codec powersgd, ignored by the others). Tensors
+	// gives the shapes of the buffer's matrix-shaped tensors, sorted by
+	// offset; whatever they do not cover is summed uncompressed.
+	Tensors       []Tensor
+	PowerSGDRank  int    // rank of the approximation; default 1
+	PowerSGDStart uint64 // steps before this one are plain sums (start_powerSGD_iter)
+	Seed          uint64 // seeds the initial Q; every member must agree
 }
 
 // Defaults.
@@ -153,6 +161,7 @@ type Reducer struct {
 	scratch     []byte   // receiver scratch: a block codec's joined payload
 	prog        progress
 	genID       uint64 // generation of the last Begin
+	psgd        *powerSGD
 
 	sent, recv, msgs, stale atomic.Uint64
 	aborts                  sync.WaitGroup
@@ -218,8 +227,14 @@ func New(t Transport, n int, cfg Config) (*Reducer, error) {
 	r.cond.L = &r.mu
 	r.prog.cond.L = &r.prog.mu
 	per := max(1, cfg.BucketBytes/4)
-	for hi := n; hi > 0; hi -= per {
-		r.buckets = append(r.buckets, span{max(0, hi-per), hi})
+	if info.name == CodecPowerSGD {
+		if r.psgd, r.buckets, err = newPowerSGD(cfg, n); err != nil {
+			return nil, fmt.Errorf("allreduce: %w", err)
+		}
+	} else {
+		for hi := n; hi > 0; hi -= per {
+			r.buckets = append(r.buckets, span{max(0, hi-per), hi})
+		}
 	}
 	r.remain = make([]int, len(r.buckets))
 	r.ready = make([]bool, len(r.buckets))
@@ -302,6 +317,9 @@ func (r *Reducer) Begin(ctx context.Context, gen Generation, step uint64, grad [
 	if gen.ID != r.genID {
 		r.newGeneration(gen)
 	}
+	if r.psgd != nil {
+		r.psgd.begin(gen.ID, step)
+	}
 	r.running, r.all, r.err = true, false, nil
 	for i, b := range r.buckets {
 		r.remain[i] = b.hi - b.lo
@@ -380,7 +398,10 @@ func (r *Reducer) Wait() error {
 	defer r.mu.Unlock()
 	r.running = false
 	r.cancel()
-	if r.err == nil && r.resid != nil {
+	switch {
+	case r.err != nil && r.psgd != nil:
+		r.psgd.qGen = 0 // members may hold different Qs: draw them again
+	case r.err == nil && r.resid != nil && (r.psgd == nil || r.psgd.step):
 		r.resid, r.next = r.next, r.resid
 	}
 	return r.err
@@ -409,7 +430,11 @@ func (r *Reducer) run(ctx context.Context, gen Generation, step uint64, grad []f
 		if err != nil {
 			return
 		}
-		if err := r.reduce(ctx, gen, step, uint32(i), grad[b.lo:b.hi], b.lo); err != nil {
+		reduce := r.reduce
+		if r.psgd != nil {
+			reduce = r.reducePowerSGD
+		}
+		if err := reduce(ctx, gen, step, i, grad[b.lo:b.hi], b.lo); err != nil {
 			r.mu.Lock()
 			r.setErr(err)
 			r.mu.Unlock()

@@ -164,21 +164,32 @@ func chunkFor(N, n, limit int) int {
 	return max(min(limit, minChunk), min(limit, c))
 }
 
-// reduce sums one bucket x (at offset off of the flat buffer) over the ring.
-func (r *Reducer) reduce(ctx context.Context, gen Generation, step uint64, bucket uint32, x []float32, off int) error {
-	n := len(gen.Members)
-	g := &ring{r: r, gen: gen, step: step, bucket: bucket, x: x, n: n, rank: gen.Rank,
-		left: gen.peer(gen.Rank - 1), right: gen.peer(gen.Rank + 1), chunk: chunkFor(len(x), n, r.chunk)}
+// reduce sums bucket i, x at offset off of the flat buffer, over the ring.
+func (r *Reducer) reduce(ctx context.Context, gen Generation, step uint64, i int, x []float32, off int) error {
+	var feed, resid []float32
 	if r.resid != nil {
-		g.feed, g.resid = r.resid[off:off+len(x)], r.next[off:off+len(x)]
+		feed, resid = r.resid[off:off+len(x)], r.next[off:off+len(x)]
 	}
-	if n == 1 {
-		for i, e := range g.feed {
+	if len(gen.Members) == 1 {
+		for i, e := range feed {
 			x[i] += e
 		}
-		clear(g.resid)
+		clear(resid)
 		return nil
 	}
+	return r.reduceRing(ctx, gen, step, uint32(i), x, feed, resid)
+}
+
+// reduceRing sums x over the ring: one run of messages tagged bucket. With
+// error feedback, feed is the last step's residual for x and resid receives
+// this step's.
+func (r *Reducer) reduceRing(ctx context.Context, gen Generation, step uint64, bucket uint32, x, feed, resid []float32) error {
+	n := len(gen.Members)
+	if n == 1 {
+		return nil
+	}
+	g := &ring{r: r, gen: gen, step: step, bucket: bucket, x: x, n: n, rank: gen.Rank, feed: feed, resid: resid,
+		left: gen.peer(gen.Rank - 1), right: gen.peer(gen.Rank + 1), chunk: chunkFor(len(x), n, r.chunk)}
 	dctx, cancel := context.WithTimeout(ctx, r.cfg.Deadline)
 	link, err := r.t.Dial(dctx, g.right.Addr)
 	cancel()

@@ -186,7 +186,7 @@ func bound(codec string, n int, abs []float64) []float64 {
 	}
 	for i, a := range abs {
 		switch codec {
-		case CodecNone:
+		case CodecNone, CodecPowerSGD: // powersgd's first step without Config.Tensors is a plain sum
 			b[i] = float64(n) * a * 0x1p-23
 		case CodecBF16, CodecBF16Zstd:
 			b[i] = float64(n)*a*0x1p-8 + float64(n)*a*0x1p-23
