@@ -17,7 +17,10 @@ type inputFile struct {
 	path     string
 	key      string // stable name: input base name + relative path
 	size     int64
-	explicit bool // named on the command line (never skipped as binary)
+	explicit bool   // named on the command line (never skipped as binary)
+	root     int    // index of the input it came from
+	format   string // text, jsonl or parquet
+	split    string // "" (documents held out by ValFraction), or a split all its documents go to
 }
 
 // listInputs expands files and directories into a sorted file list. In
@@ -25,7 +28,7 @@ type inputFile struct {
 // in skip, and, when ext is not empty, files whose extension is not in ext.
 func listInputs(inputs, ext, skip []string) ([]inputFile, error) {
 	var out []inputFile
-	for _, in := range inputs {
+	for ri, in := range inputs {
 		st, err := os.Stat(in)
 		if err != nil {
 			return nil, fmt.Errorf("input %s: %w", in, err)
@@ -34,7 +37,7 @@ func listInputs(inputs, ext, skip []string) ([]inputFile, error) {
 			if !st.Mode().IsRegular() {
 				return nil, fmt.Errorf("input %s: not a regular file or directory", in)
 			}
-			out = append(out, inputFile{path: in, key: filepath.Base(in), size: st.Size(), explicit: true})
+			out = append(out, inputFile{path: in, key: filepath.Base(in), size: st.Size(), explicit: true, root: ri})
 			continue
 		}
 		base := filepath.Base(filepath.Clean(in))
@@ -55,7 +58,7 @@ func listInputs(inputs, ext, skip []string) ([]inputFile, error) {
 				}
 				return nil
 			}
-			if !d.Type().IsRegular() || (len(ext) > 0 && !slices.Contains(ext, filepath.Ext(name))) {
+			if !d.Type().IsRegular() || (len(ext) > 0 && !hasExt(name, ext)) {
 				return nil
 			}
 			info, err := d.Info()
@@ -66,7 +69,7 @@ func listInputs(inputs, ext, skip []string) ([]inputFile, error) {
 			if err != nil {
 				return fmt.Errorf("input %s: %w", p, err)
 			}
-			out = append(out, inputFile{path: p, key: base + "/" + filepath.ToSlash(rel), size: info.Size()})
+			out = append(out, inputFile{path: p, key: base + "/" + filepath.ToSlash(rel), size: info.Size(), root: ri})
 			return nil
 		})
 		if err != nil {
@@ -74,6 +77,17 @@ func listInputs(inputs, ext, skip []string) ([]inputFile, error) {
 		}
 	}
 	return out, nil
+}
+
+// hasExt reports whether name ends in one of the extensions in ext (which
+// may have several dots, as .jsonl.gz).
+func hasExt(name string, ext []string) bool {
+	for _, e := range ext {
+		if filepath.Ext(name) == e || (strings.HasPrefix(e, ".") && strings.HasSuffix(name, e)) {
+			return true
+		}
+	}
+	return false
 }
 
 // looksBinary reports whether data has a NUL byte in its first 8000 bytes,

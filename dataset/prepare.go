@@ -22,12 +22,18 @@ import (
 
 // PrepareOptions configure Prepare.
 type PrepareOptions struct {
-	Inputs []string // text or JSONL files and directories of them
+	Inputs []string // text, JSONL or Parquet files and directories of them
 	Out    string   // output dataset directory
-	// Format is "text" (each file is one document) or "jsonl" (each
-	// non-blank line is a JSON object whose Field holds one document).
-	Format      string
-	Field       string   // JSONL field with the text (default "text")
+	// Format is "auto" (the default: by file name, see assignFormats),
+	// "text" (each file is one document), "jsonl" (each non-blank line is
+	// a JSON object whose Field holds one document; .gz and .zst files are
+	// decompressed) or "parquet" (each row's Field is one document).
+	Format string
+	Field  string // JSONL field or Parquet column with the text (default "text")
+	// TokensField, if set, is a Parquet column of already tokenized
+	// documents (lists of integer ids < the tokenizer's Vocab) read instead
+	// of Field.
+	TokensField string
 	SeqLen      int      // tokens per sequence (default 256)
 	ValFraction float64  // share of documents held out as the "val" split
 	ShardMB     float64  // target shard size in MiB (default 64)
@@ -44,6 +50,7 @@ type PrepareOptions struct {
 type PrepareStats struct {
 	Files       int              // files read
 	Binary      int              // files skipped as binary (directories only)
+	Nulls       int64            // Parquet rows with a null text or token list, skipped
 	Documents   map[string]int64 // per split
 	InputBytes  int64            // bytes of text tokenized
 	Tokens      int64            // tokens, including the EOS separators
@@ -68,14 +75,25 @@ type doc struct {
 	val  bool
 }
 
-// job is a unit of tokenizer work: one text file or a run of JSONL lines.
+// job is a unit of tokenizer work: one text file, a run of JSONL lines or
+// a record batch of Parquet rows.
 type job struct {
 	file inputFile
 	line int // number of the first line in data (JSONL)
 	data []byte
+	rows *rowBatch // Parquet
+	read int64     // file bytes consumed for this job (progress)
 	docs []doc
 	err  error
 	done chan struct{}
+}
+
+// bytes is the job's input size: text bytes, or 4 per pretokenized id.
+func (j *job) bytes() int64 {
+	if j.rows != nil && j.rows.ids != nil {
+		return 4 * int64(len(j.rows.ids))
+	}
+	return int64(len(j.data))
 }
 
 // Prepare tokenizes the input documents in parallel, packs them in input
@@ -93,6 +111,7 @@ func Prepare(ctx context.Context, o PrepareOptions) (*PrepareStats, error) {
 	if err != nil {
 		return nil, fmt.Errorf("prepare: %w", err)
 	}
+	files = assignFormats(files, o.Format)
 	if len(files) == 0 {
 		return nil, fmt.Errorf("prepare: no input files in %s", strings.Join(o.Inputs, ", "))
 	}
@@ -146,7 +165,7 @@ func Prepare(ctx context.Context, o PrepareOptions) (*PrepareStats, error) {
 		prodErr = o.produce(ctx, files, capBytes, st, work, order)
 	}()
 
-	var done int64
+	var done, inBytes int64
 	var collectErr error
 	for j := range order {
 		if collectErr != nil {
@@ -178,7 +197,11 @@ func Prepare(ctx context.Context, o PrepareOptions) (*PrepareStats, error) {
 				break
 			}
 		}
-		done += int64(len(j.data))
+		inBytes += j.bytes()
+		done += j.read
+		if capBytes > 0 {
+			done = inBytes // the cap counts input bytes, not file bytes
+		}
 		if o.Progress != nil {
 			o.Progress(min(done, total), total)
 		}
@@ -190,7 +213,7 @@ func Prepare(ctx context.Context, o PrepareOptions) (*PrepareStats, error) {
 	if collectErr != nil {
 		return nil, collectErr
 	}
-	st.InputBytes = done
+	st.InputBytes = inBytes
 	for split, p := range packs {
 		st.Dropped[split] = int64(p.Pending())
 		st.Sequences[split] = outs[split].rows()
@@ -231,7 +254,7 @@ func (o *PrepareOptions) defaults() error {
 		o.Tokenizer = Bytes{}
 	}
 	if o.Format == "" {
-		o.Format = "text"
+		o.Format = FormatAuto
 	}
 	if o.Field == "" {
 		o.Field = "text"
@@ -250,8 +273,8 @@ func (o *PrepareOptions) defaults() error {
 		return errors.New("prepare: no input")
 	case o.Out == "":
 		return errors.New("prepare: no output directory")
-	case o.Format != "text" && o.Format != "jsonl":
-		return fmt.Errorf("prepare: format %q: want text or jsonl", o.Format)
+	case o.Format != FormatAuto && o.Format != FormatText && o.Format != FormatJSONL && o.Format != FormatParquet:
+		return fmt.Errorf("prepare: format %q: want auto, text, jsonl or parquet", o.Format)
 	case o.SeqLen < 1 || o.SeqLen > 1<<20:
 		return fmt.Errorf("prepare: sequence length %d out of range [1, %d]", o.SeqLen, 1<<20)
 	case !(o.ValFraction >= 0 && o.ValFraction < 1):
@@ -270,6 +293,8 @@ func (o *PrepareOptions) describe(st *PrepareStats) map[string]string {
 		"inputs":       strings.Join(o.Inputs, ","),
 		"format":       o.Format,
 		"field":        o.Field,
+		"tokens_field": o.TokensField,
+		"null_rows":    strconv.FormatInt(st.Nulls, 10),
 		"val_fraction": strconv.FormatFloat(o.ValFraction, 'g', -1, 64),
 		"max_mb":       strconv.FormatFloat(o.MaxMB, 'g', -1, 64),
 		"files":        strconv.Itoa(st.Files),
@@ -295,50 +320,44 @@ func (o *PrepareOptions) produce(ctx context.Context, files []inputFile, capByte
 		case <-ctx.Done():
 			return ctx.Err()
 		}
-		used += int64(len(j.data))
+		used += j.bytes()
 		return nil
 	}
-	full := func() bool { return capBytes > 0 && used >= capBytes }
+	left := func() int64 {
+		if capBytes <= 0 {
+			return math.MaxInt64
+		}
+		return capBytes - used
+	}
 	for _, f := range files {
-		if full() {
+		if left() <= 0 {
 			st.MaxMBCapped = true
 			return nil
 		}
-		data, err := os.ReadFile(f.path)
-		if err != nil {
-			return fmt.Errorf("prepare: %w", err)
-		}
-		if o.Format == "text" {
+		switch f.format {
+		case FormatParquet:
+			st.Files++
+			if err := o.produceParquet(ctx, f, st, send, left); err != nil {
+				return err
+			}
+		case FormatJSONL:
+			st.Files++
+			if err := o.produceJSONL(f, send, left); err != nil {
+				return err
+			}
+		default:
+			data, err := os.ReadFile(f.path)
+			if err != nil {
+				return fmt.Errorf("prepare: %w", err)
+			}
 			if !f.explicit && looksBinary(data) {
 				st.Binary++
 				continue
 			}
 			st.Files++
-			if err := send(&job{file: f, data: data}); err != nil {
+			if err := send(&job{file: f, data: data, read: int64(len(data))}); err != nil {
 				return err
 			}
-			continue
-		}
-		st.Files++
-		line := 1
-		for len(data) > 0 && !full() {
-			// A chunk of about 1 MiB of whole lines, or the rest of the
-			// file up to the cap.
-			end := len(data)
-			if limit := min(1<<20, len(data)); limit < len(data) {
-				if i := bytes.IndexByte(data[limit:], '\n'); i >= 0 {
-					end = limit + i + 1
-				}
-			}
-			if capBytes > 0 && used+int64(end) > capBytes {
-				end = cutLines(data, int(capBytes-used))
-			}
-			chunk := data[:end]
-			if err := send(&job{file: f, line: line, data: chunk}); err != nil {
-				return err
-			}
-			line += bytes.Count(chunk, []byte{'\n'})
-			data = data[end:]
 		}
 	}
 	return nil
@@ -358,12 +377,19 @@ func cutLines(data []byte, n int) int {
 
 // tokenize turns a job into documents.
 func (o *PrepareOptions) tokenize(j *job) ([]doc, error) {
-	if o.Format == "text" {
-		if len(j.data) == 0 {
-			return nil, nil
-		}
-		return []doc{o.newDoc(j.file.key, j.data)}, nil
+	switch {
+	case j.rows != nil:
+		return o.tokenizeRows(j)
+	case j.file.format == FormatJSONL:
+		return o.tokenizeJSONL(j)
+	case len(j.data) == 0:
+		return nil, nil
 	}
+	return []doc{o.newDoc(j.file, j.file.key, j.data)}, nil
+}
+
+// tokenizeJSONL turns a run of JSONL lines into documents.
+func (o *PrepareOptions) tokenizeJSONL(j *job) ([]doc, error) {
 	var docs []doc
 	data, line := j.data, j.line
 	for len(data) > 0 {
@@ -393,13 +419,42 @@ func (o *PrepareOptions) tokenize(j *job) ([]doc, error) {
 		if text == "" {
 			continue
 		}
-		docs = append(docs, o.newDoc(j.file.key+":"+strconv.Itoa(n), []byte(text)))
+		docs = append(docs, o.newDoc(j.file, j.file.key+":"+strconv.Itoa(n), []byte(text)))
 	}
 	return docs, nil
 }
 
-func (o *PrepareOptions) newDoc(key string, text []byte) doc {
-	return doc{key: key, toks: o.Tokenizer.Encode(nil, text), val: heldOut(key, o.ValFraction)}
+// tokenizeRows turns a batch of Parquet rows into documents; empty and
+// null rows give none.
+func (o *PrepareOptions) tokenizeRows(j *job) ([]doc, error) {
+	b := j.rows
+	var docs []doc
+	for i := range b.len() {
+		s, e := b.off[i], b.off[i+1]
+		if s == e {
+			continue
+		}
+		key := b.rowKey(j.file.key, i)
+		if b.ids != nil {
+			docs = append(docs, doc{key: key, toks: b.ids[s:e], val: o.isVal(j.file, key)})
+			continue
+		}
+		docs = append(docs, o.newDoc(j.file, key, b.data[s:e]))
+	}
+	return docs, nil
+}
+
+func (o *PrepareOptions) newDoc(f inputFile, key string, text []byte) doc {
+	return doc{key: key, toks: o.Tokenizer.Encode(nil, text), val: o.isVal(f, key)}
+}
+
+// isVal decides a document's split: its file's, if the file has one, else
+// by its key.
+func (o *PrepareOptions) isVal(f inputFile, key string) bool {
+	if f.split != "" {
+		return f.split == SplitVal
+	}
+	return heldOut(key, o.ValFraction)
 }
 
 // heldOut decides, from a document's stable key alone, whether it belongs to
