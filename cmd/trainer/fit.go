@@ -1,0 +1,340 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"path/filepath"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+	"gonum.org/v1/plot"
+	"gonum.org/v1/plot/plotter"
+	"gonum.org/v1/plot/plotutil"
+	"gonum.org/v1/plot/vg"
+
+	"github.com/difftrain/difftrain/scaling"
+	"github.com/difftrain/difftrain/sweep"
+)
+
+type fitFlags struct {
+	table, out, ratioAt string
+	json                bool
+	bootstrap, surfBoot int
+	delta, ema          float64
+	seed                uint64
+}
+
+func init() {
+	f := &fitFlags{}
+	cmd := &cobra.Command{
+		Use:   "fit RUN_DIR... | SWEEP_DIR | --table FILE",
+		Short: "Fit scaling laws to finished runs: iso-FLOP optima, M*/D*/L* in C, the loss surface L(M, D)",
+		Long: `fit reads finished runs (run directories with config.json and metrics.jsonl, a
+sweep directory, or --table FILE.csv/.jsonl with columns noise, M, D, [C], loss,
+[params]) and fits what gidd-spec §9.2–§9.5 fit, per noise type: each run's loss
+curve L(S) = C + B·S^−b on the EMA-smoothed ELBO; the best run per (size, C);
+iso-FLOP parabolas in log-log space and their optima M*(C), D*(C), L*(C); power laws
+y = A·C^α through the optima, fitted in log space with a Huber loss, with 95%
+bootstrap intervals (runs resampled within each budget); and the surface
+L(M, D) = a·M^−α + b·D^−β + E (Huber, bootstrap intervals). It prints the tables,
+the uniform/masked loss ratio at --ratio-at budgets (§9.7), writes fit.json and PNG
+plots into --out, and with --json prints one JSON object keyed by noise type.
+Runs that are unfinished or whose files are corrupt are reported and skipped.`,
+		RunE: func(cmd *cobra.Command, args []string) error { return runFit(cmd.OutOrStdout(), f, args) },
+	}
+	fs := cmd.Flags()
+	fs.StringVar(&f.table, "table", "", "CSV or JSONL file of finished runs instead of run directories")
+	fs.StringVar(&f.out, "out", "", "directory for fit.json and the PNG plots (empty: none)")
+	fs.BoolVar(&f.json, "json", false, "print one JSON object keyed by noise type instead of tables")
+	fs.IntVar(&f.bootstrap, "bootstrap", 10000, "bootstrap resamples for the laws in C")
+	fs.IntVar(&f.surfBoot, "bootstrap-surface", 1000, "bootstrap resamples for the 2-D surface")
+	fs.Float64Var(&f.delta, "huber-delta", 1e-3, "Huber δ on log residuals")
+	fs.Float64Var(&f.ema, "ema", 0.95, "EMA factor for smoothing each run's ELBO")
+	fs.Uint64Var(&f.seed, "seed", 1, "bootstrap seed")
+	fs.StringVar(&f.ratioAt, "ratio-at", "", "budgets for the uniform/masked loss ratio (default: the budgets fitted)")
+	root.AddCommand(cmd)
+}
+
+func runFit(w io.Writer, f *fitFlags, args []string) error {
+	if f.bootstrap < 0 || f.surfBoot < 0 || !(f.ema >= 0 && f.ema < 1) {
+		return fmt.Errorf("fit: --bootstrap %d, --bootstrap-surface %d must be >= 0 and --ema %g in [0, 1)", f.bootstrap, f.surfBoot, f.ema)
+	}
+	var pts []scaling.Point
+	var runs []sweep.Result
+	switch {
+	case f.table != "" && len(args) > 0:
+		return fmt.Errorf("fit: give run directories or --table, not both")
+	case f.table != "":
+		format := strings.TrimPrefix(strings.ToLower(filepath.Ext(f.table)), ".")
+		r, err := os.Open(f.table)
+		if err != nil {
+			return fmt.Errorf("fit --table: %w", err)
+		}
+		defer r.Close()
+		if pts, err = scaling.ReadTable(r, format); err != nil {
+			return fmt.Errorf("fit %s: %w", f.table, err)
+		}
+	case len(args) == 0:
+		return fmt.Errorf("fit: give run directories, a sweep directory or --table FILE")
+	default:
+		var skipped []string
+		var err error
+		if runs, skipped, err = sweep.Collect(args, f.ema); err != nil {
+			return err
+		}
+		for _, s := range skipped {
+			fmt.Fprintln(os.Stderr, "fit: skipped", s)
+		}
+		for _, r := range runs {
+			pts = append(pts, r.Point)
+		}
+		if len(pts) == 0 {
+			return fmt.Errorf("fit: no finished runs among %s", strings.Join(args, " "))
+		}
+	}
+	fits, err := scaling.Fit(pts, scaling.FitOptions{Bootstrap: f.bootstrap, SurfaceBootstrap: f.surfBoot, Delta: f.delta, Seed: f.seed})
+	if err != nil {
+		return err
+	}
+	ratios, err := lossRatios(fits, pts, f.ratioAt)
+	if err != nil {
+		return err
+	}
+	byNoise := map[string]*scaling.NoiseFit{}
+	for _, nf := range fits {
+		byNoise[nf.Noise] = nf
+	}
+	if f.json {
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(byNoise); err != nil {
+			return err
+		}
+	} else {
+		printFit(w, fits, ratios)
+	}
+	if f.out == "" {
+		return nil
+	}
+	if err := os.MkdirAll(f.out, 0o755); err != nil {
+		return fmt.Errorf("fit: %w", err)
+	}
+	b, _ := json.MarshalIndent(struct {
+		Fits   map[string]*scaling.NoiseFit `json:"fits"`
+		Ratios []ratioRow                   `json:"uniform_over_masked,omitempty"`
+	}{byNoise, ratios}, "", "  ")
+	if err := os.WriteFile(filepath.Join(f.out, "fit.json"), b, 0o644); err != nil {
+		return fmt.Errorf("fit: %w", err)
+	}
+	return fitPlots(f.out, fits, runs)
+}
+
+type ratioRow struct {
+	C     float64 `json:"C"`
+	Ratio float64 `json:"ratio"`
+}
+
+// lossRatios is L*_uniform(C)/L*_masked(C) at the given budgets (or the
+// budgets of the data), when both laws were fitted.
+func lossRatios(fits []*scaling.NoiseFit, pts []scaling.Point, at string) ([]ratioRow, error) {
+	var u, m *scaling.Law
+	for _, nf := range fits {
+		switch nf.Noise {
+		case "uniform":
+			u = nf.LOpt
+		case "masked":
+			m = nf.LOpt
+		}
+	}
+	if u == nil || m == nil {
+		return nil, nil
+	}
+	var cs []float64
+	if at != "" {
+		var err error
+		if cs, err = scaling.ParseFLOPs(at); err != nil {
+			return nil, fmt.Errorf("--ratio-at: %w", err)
+		}
+	} else {
+		seen := map[string]bool{}
+		for _, p := range pts {
+			if k := scaling.FormatFLOPs(p.C); !seen[k] {
+				seen[k] = true
+				cs = append(cs, p.C)
+			}
+		}
+	}
+	var out []ratioRow
+	for _, c := range cs {
+		out = append(out, ratioRow{c, scaling.Ratio(*u, *m, c)})
+	}
+	return out, nil
+}
+
+func printFit(w io.Writer, fits []*scaling.NoiseFit, ratios []ratioRow) {
+	law := func(l *scaling.Law) string {
+		if l == nil {
+			return "-"
+		}
+		return fmt.Sprintf("%.4g·C^%.4f [%.4f, %.4f]", l.A, l.Exp, l.Lo, l.Hi)
+	}
+	fmt.Fprintln(w, "Iso-FLOP optima (runs: best per size and budget)")
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "noise\tC\tsizes\tM*\tD*\tL*")
+	for _, nf := range fits {
+		for _, g := range nf.Groups {
+			if o := g.Optimum; o != nil {
+				fmt.Fprintf(tw, "%s\t%.3g\t%d\t%.4g\t%.4g\t%.4f\n", nf.Noise, g.C, len(g.Points), o.M, o.D, o.Loss)
+			}
+		}
+	}
+	tw.Flush()
+	fmt.Fprintln(w, "\nCompute-optimal laws y = A·C^exp, 95% bootstrap interval of exp (paper masked: M* 0.566, D* 0.434, L* −0.0496; uniform: 0.589, 0.411, −0.0522)")
+	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "noise\truns\tM*\tD*\tL*\tresamples")
+	for _, nf := range fits {
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%d\n", nf.Noise, nf.Runs, law(nf.MOpt), law(nf.DOpt), law(nf.LOpt), nf.Resamples)
+	}
+	tw.Flush()
+	fmt.Fprintln(w, "\nLoss surface L(M, D) = a·M^−α + b·D^−β + E (paper masked: 222, 0.292, 1.92e3, 0.367, 2.17)")
+	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "noise\ta\tα\tb\tβ\tE\tβ/(α+β)")
+	for _, nf := range fits {
+		if s := nf.Surface; s != nil {
+			fmt.Fprintf(tw, "%s\t%.4g\t%.4f [%.4f, %.4f]\t%.4g\t%.4f [%.4f, %.4f]\t%.4f\t%.4f\n", nf.Noise, s.A, s.Alpha, s.AlphaLo, s.AlphaHi, s.B, s.Beta, s.BetaLo, s.BetaHi, s.E, s.MExp)
+		}
+	}
+	tw.Flush()
+	if len(ratios) > 0 {
+		fmt.Fprintln(w, "\nUniform/masked compute-optimal loss ratio (§9.7)")
+		for _, r := range ratios {
+			fmt.Fprintf(w, "C=%.3g  %.4f (%.2f%% gap)\n", r.C, r.Ratio, 100*(r.Ratio-1))
+		}
+	}
+	for _, nf := range fits {
+		for _, n := range nf.Notes {
+			fmt.Fprintf(w, "note %s: %s\n", nf.Noise, n)
+		}
+	}
+}
+
+// fitPlots draws the loss curves, the iso-FLOP curves and the laws in C.
+func fitPlots(out string, fits []*scaling.NoiseFit, runs []sweep.Result) error {
+	w, h := 1000*vg.Inch/96, 650*vg.Inch/96
+	if len(runs) > 0 {
+		p := logPlot("Loss vs step (EMA ELBO)", "step", "ELBO (nats/token)", true, false)
+		for i, r := range runs {
+			xy := make(plotter.XYs, 0, len(r.Steps))
+			for j, s := range r.Steps {
+				xy = append(xy, plotter.XY{X: s, Y: r.EMA[j]})
+			}
+			l, err := plotter.NewLine(xy)
+			if err != nil {
+				return fmt.Errorf("fit plot: %w", err)
+			}
+			l.Color = plotutil.Color(i)
+			p.Add(l)
+			if len(runs) <= 16 {
+				p.Legend.Add(r.Point.Name, l)
+			}
+		}
+		if err := savePNG(p, w, h, filepath.Join(out, "loss_vs_step.png")); err != nil {
+			return err
+		}
+	}
+	for _, nf := range fits {
+		p := logPlot("Iso-FLOP curves, "+nf.Noise, "M (FLOPs/token)", "loss (nats/token)", true, false)
+		for i, g := range nf.Groups {
+			var xy plotter.XYs
+			for _, pt := range g.Points {
+				xy = append(xy, plotter.XY{X: pt.M, Y: pt.Loss})
+			}
+			s, err := plotter.NewScatter(xy)
+			if err != nil {
+				return fmt.Errorf("fit plot: %w", err)
+			}
+			s.Color = plotutil.Color(i)
+			p.Add(s)
+			p.Legend.Add("C="+scaling.FormatFLOPs(g.C), s)
+			if g.Parabola != nil {
+				lo, hi := math.Log(g.Points[0].M), math.Log(g.Points[len(g.Points)-1].M)
+				var line plotter.XYs
+				for k := range 41 {
+					x := lo + (hi-lo)*float64(k)/40
+					line = append(line, plotter.XY{X: math.Exp(x), Y: math.Exp(g.Parabola[0]*x*x + g.Parabola[1]*x + g.Parabola[2])})
+				}
+				l, _ := plotter.NewLine(line)
+				l.Color = plotutil.Color(i)
+				p.Add(l)
+				o, _ := plotter.NewScatter(plotter.XYs{{X: g.Optimum.M, Y: g.Optimum.Loss}})
+				o.Color, o.Shape, o.Radius = plotutil.Color(i), plotutil.Shape(1), vg.Points(5)
+				p.Add(o)
+			}
+		}
+		if err := savePNG(p, w, h, filepath.Join(out, "isoflop_"+nf.Noise+".png")); err != nil {
+			return err
+		}
+	}
+	for _, q := range []struct {
+		file, title string
+		law         func(*scaling.NoiseFit) *scaling.Law
+		val         func(scaling.Optimum) float64
+	}{
+		{"L_opt.png", "L*(C)", func(n *scaling.NoiseFit) *scaling.Law { return n.LOpt }, func(o scaling.Optimum) float64 { return o.Loss }},
+		{"M_opt.png", "M*(C)", func(n *scaling.NoiseFit) *scaling.Law { return n.MOpt }, func(o scaling.Optimum) float64 { return o.M }},
+		{"D_opt.png", "D*(C)", func(n *scaling.NoiseFit) *scaling.Law { return n.DOpt }, func(o scaling.Optimum) float64 { return o.D }},
+	} {
+		p := logPlot(q.title+" with fitted power laws", "C (FLOPs)", q.title, true, true)
+		drawn := false
+		for i, nf := range fits {
+			var xy plotter.XYs
+			for _, g := range nf.Groups {
+				if g.Optimum != nil {
+					xy = append(xy, plotter.XY{X: g.C, Y: q.val(*g.Optimum)})
+				}
+			}
+			if len(xy) == 0 {
+				continue
+			}
+			s, _ := plotter.NewScatter(xy)
+			s.Color = plotutil.Color(i)
+			p.Add(s)
+			label := nf.Noise
+			if l := q.law(nf); l != nil {
+				lo, hi := xy[0].X/2, xy[len(xy)-1].X*2
+				line := plotter.XYs{{X: lo, Y: l.At(lo)}, {X: hi, Y: l.At(hi)}}
+				ln, _ := plotter.NewLine(line)
+				ln.Color = plotutil.Color(i)
+				p.Add(ln)
+				label += fmt.Sprintf(" %.3g·C^%.4f", l.A, l.Exp)
+			}
+			p.Legend.Add(label, s)
+			drawn = true
+		}
+		if !drawn {
+			continue
+		}
+		if err := savePNG(p, w, h, filepath.Join(out, q.file)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func logPlot(title, x, y string, logX, logY bool) *plot.Plot {
+	p := plot.New()
+	p.Title.Text, p.X.Label.Text, p.Y.Label.Text = title, x, y
+	p.Add(plotter.NewGrid())
+	p.Legend.Top = true
+	if logX {
+		p.X.Scale, p.X.Tick.Marker = plot.LogScale{}, plot.LogTicks{Prec: -1}
+	}
+	if logY {
+		p.Y.Scale, p.Y.Tick.Marker = plot.LogScale{}, plot.LogTicks{Prec: -1}
+	}
+	return p
+}

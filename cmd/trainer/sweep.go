@@ -1,0 +1,257 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+	"sigs.k8s.io/yaml"
+
+	"github.com/difftrain/difftrain/compute/device"
+	"github.com/difftrain/difftrain/dataset"
+	"github.com/difftrain/difftrain/model"
+	"github.com/difftrain/difftrain/scaling"
+	"github.com/difftrain/difftrain/shard"
+	"github.com/difftrain/difftrain/sweep"
+	"github.com/difftrain/difftrain/train"
+)
+
+var sweepCmd = &cobra.Command{
+	Use:   "sweep",
+	Short: "Plan and run a scaling-law grid (noise types × model sizes × compute budgets)",
+}
+
+type sweepPlanFlags struct {
+	noises, shapes, budgets   string
+	pmin, pmax                float64
+	aspect, headDim           int
+	data, laws, config        string
+	vocab, seqLen, micro      int
+	stepMult, warmupMax       int
+	minSteps                  int
+	lr, warmupFrac, dmMin     float64
+	dmMax, tokensPerS         float64
+	seed                      uint64
+	dryRun                    bool
+	measureSteps, measureRuns int
+}
+
+func init() {
+	f := &sweepPlanFlags{}
+	plan := &cobra.Command{
+		Use:   "plan SWEEP_DIR",
+		Short: "Plan a compute-optimal grid: one config per run and a sweep manifest",
+		Long: `plan lays out every run of noise types × model shapes × compute budgets C
+(gidd-spec §9): M, the non-embedding FLOPs per token (§9.1); D = C/M tokens; the
+batch from the batch law B* ∝ D^0.82 (§9.3, per noise type), rounded to the
+micro-batch; the steps that reach D; the base LR from η* ∝ B^0.34 (§9.4, per noise
+type; CompleteP transfers it across widths); warmup; no cooldown (§9.6, as the
+paper's sweeps). The laws default to the paper's and can be replaced per noise
+type with --laws FILE (JSON or YAML: {"batch": {"masked": {"slope": .., "intercept": ..}}, "lr": {..}},
+natural-log intercepts, B in tokens). Shapes are --shapes L2-d64-H1,... or every
+shape of the paper's width/depth ladder (d = 64·L) with --params-min..--params-max
+non-embedding parameters. It prints the grid with estimated hours (at --tokens-per-s,
+or measured here with a few steps of each shape) and writes SWEEP_DIR/sweep.json and
+SWEEP_DIR/runs/NAME/config.json. Runs with D/M outside --dm-min..--dm-max or too
+few steps are flagged, not dropped.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error { return runSweepPlan(cmd, f, args[0]) },
+	}
+	fs := plan.Flags()
+	fs.StringVar(&f.noises, "noise", "masked,uniform", "noise types, comma-separated")
+	fs.StringVar(&f.shapes, "shapes", "", "model shapes L<layers>-d<width>[-H<heads>], comma-separated")
+	fs.Float64Var(&f.pmin, "params-min", 0, "without --shapes: smallest non-embedding parameter count on the ladder")
+	fs.Float64Var(&f.pmax, "params-max", 0, "without --shapes: largest non-embedding parameter count on the ladder")
+	fs.IntVar(&f.aspect, "aspect", 64, "ladder width per layer (d = aspect·L; the paper's 64)")
+	fs.IntVar(&f.headDim, "head-dim", 64, "head dimension when a shape gives no heads")
+	fs.StringVar(&f.budgets, "budgets", "", "compute budgets C in FLOPs, comma-separated (e.g. 1e14,3e14,1e15)")
+	fs.StringVar(&f.data, "data", "", "dataset directory (vocabulary and sequence length; the runs train on it)")
+	fs.IntVar(&f.vocab, "vocab", 0, "vocabulary size (default: the dataset's)")
+	fs.IntVar(&f.seqLen, "seq-len", 0, "sequence length N (default: the dataset's)")
+	fs.IntVar(&f.micro, "micro-batch", 4, "micro-batch in sequences; batches are multiples of it")
+	fs.IntVar(&f.stepMult, "step-multiple", 1, "round steps up to a multiple of this")
+	fs.StringVar(&f.laws, "laws", "", "planning laws file (JSON or YAML) replacing the paper's, per noise type")
+	fs.StringVar(&f.config, "config", "", "base train config file for everything the plan does not set")
+	fs.Float64Var(&f.lr, "lr", 0, "base LR for every run (0: the LR law)")
+	fs.Float64Var(&f.warmupFrac, "warmup-frac", 0.05, "warmup as a share of the steps")
+	fs.IntVar(&f.warmupMax, "warmup-max", 2000, "at most this many warmup steps (the paper's 2000)")
+	fs.Uint64Var(&f.seed, "seed", 1, "seed of every run")
+	fs.Float64Var(&f.dmMin, "dm-min", 0.5, "flag runs with D/M below this")
+	fs.Float64Var(&f.dmMax, "dm-max", 500, "flag runs with D/M above this")
+	fs.IntVar(&f.minSteps, "min-steps", 100, "flag runs with fewer steps")
+	fs.Float64Var(&f.tokensPerS, "tokens-per-s", 0, "throughput for the time estimate (0: measure each shape here)")
+	fs.IntVar(&f.measureSteps, "measure-steps", 3, "timed steps per shape when measuring")
+	fs.BoolVar(&f.dryRun, "dry-run", false, "print the grid, write nothing")
+	sweepCmd.AddCommand(plan)
+
+	var ro sweep.RunOptions
+	var threads int
+	run := &cobra.Command{
+		Use:   "run SWEEP_DIR",
+		Short: "Train every planned run of a sweep that is not finished, K at a time",
+		Long: `run trains the sweep's runs as child processes (` + "`trainer train`" + ` in
+SWEEP_DIR/runs/NAME, output in train.log there), -j at a time. A run that reached
+its planned steps is never started again; one that was interrupted resumes from its
+newest checkpoint. Ctrl-C stops every run cleanly (each checkpoints); run the same
+command again to go on. A progress line is printed every --progress-every.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			bin, err := os.Executable()
+			if err != nil {
+				return fmt.Errorf("sweep run: the trainer binary: %w", err)
+			}
+			ro.Bin, ro.Progress = bin, cmd.OutOrStdout()
+			if threads > 0 {
+				ro.Extra = append(ro.Extra, "--threads", fmt.Sprint(threads))
+			}
+			ctx, stop := signalContext()
+			defer stop()
+			return sweep.Run(ctx, args[0], ro)
+		},
+	}
+	rf := run.Flags()
+	rf.IntVarP(&ro.Jobs, "jobs", "j", 1, "runs at a time")
+	rf.StringVar(&ro.Data, "data", "", "dataset directory (default: the one planned with)")
+	rf.IntVar(&ro.CheckpointEvery, "checkpoint-every", 100, "checkpoint each run every K steps")
+	rf.IntVar(&threads, "threads", 0, "CPU threads per run (0: all cores; with -j K, cores/K is sensible)")
+	rf.DurationVar(&ro.Every, "progress-every", 30*time.Second, "interval of the progress line")
+	sweepCmd.AddCommand(run)
+	root.AddCommand(sweepCmd)
+}
+
+func runSweepPlan(cmd *cobra.Command, f *sweepPlanFlags, dir string) error {
+	p := scaling.PlanSpec{SeqLen: f.seqLen, MicroBatch: f.micro, StepMultiple: f.stepMult, LR: f.lr,
+		WarmupFrac: f.warmupFrac, WarmupMax: f.warmupMax, Seed: f.seed, DMMin: f.dmMin, DMMax: f.dmMax, MinSteps: f.minSteps}
+	vocab := f.vocab
+	if f.data != "" {
+		man, err := shard.ReadManifest(f.data)
+		if err != nil {
+			return fmt.Errorf("sweep plan --data: %w", err)
+		}
+		vocab = cmp(vocab, man.Vocab)
+		p.SeqLen = cmp(p.SeqLen, man.SeqLen)
+	}
+	if vocab <= 0 || p.SeqLen <= 0 {
+		return fmt.Errorf("sweep plan: need the vocabulary and sequence length: --data DIR, or --vocab and --seq-len")
+	}
+	for _, n := range strings.Split(f.noises, ",") {
+		if n = strings.TrimSpace(n); n != "" {
+			p.Noises = append(p.Noises, n)
+		}
+	}
+	var err error
+	if p.Budgets, err = scaling.ParseFLOPs(f.budgets); err != nil {
+		return fmt.Errorf("--budgets: %w", err)
+	}
+	if p.Shapes, err = planShapes(f); err != nil {
+		return err
+	}
+	p.Laws = scaling.PaperLaws()
+	if f.laws != "" {
+		if p.Laws, err = scaling.LoadLaws(f.laws); err != nil {
+			return err
+		}
+	}
+	base := train.Default(model.Default(0, 1, 2, 1, 0))
+	base.Model.Vocab = 0 // the plan's shape, and the model defaults, unless --config brings others
+	if f.config != "" {
+		raw, err := os.ReadFile(f.config)
+		if err != nil {
+			return fmt.Errorf("--config: %w", err)
+		}
+		if err := yaml.UnmarshalStrict(raw, &base); err != nil {
+			return fmt.Errorf("--config %s: %w", f.config, err)
+		}
+		base.Model.Vocab = max(base.Model.Vocab, 1)
+	}
+	runs, err := scaling.Plan(p)
+	if err != nil {
+		return err
+	}
+	m := &sweep.Manifest{Created: time.Now().UTC(), Data: f.data, Vocab: vocab, SeqLen: p.SeqLen, Laws: p.Laws, Runs: runs,
+		TokensPerS: map[string]float64{}}
+	for _, s := range p.Shapes {
+		tps := f.tokensPerS
+		if tps == 0 {
+			if tps, err = measureTokensPerS(cmd.Context(), s, vocab, p.SeqLen, f.micro, f.measureSteps); err != nil {
+				return fmt.Errorf("sweep plan: measuring %s: %w", s, err)
+			}
+		}
+		m.TokensPerS[s.String()] = tps
+	}
+	m.PrintTable(cmd.OutOrStdout())
+	if f.dryRun {
+		return nil
+	}
+	if err := sweep.Create(dir, m, base); err != nil {
+		return err
+	}
+	fmt.Fprintf(cmd.OutOrStdout(), "planned %s; run it with `trainer sweep run %s`\n", dir, dir)
+	return nil
+}
+
+func cmp(flag, data int) int {
+	if flag > 0 {
+		return flag
+	}
+	return data
+}
+
+func planShapes(f *sweepPlanFlags) ([]scaling.Shape, error) {
+	if f.shapes == "" {
+		if f.pmax <= 0 {
+			return nil, fmt.Errorf("sweep plan: give --shapes or a parameter range --params-min/--params-max")
+		}
+		return scaling.Ladder(int64(f.pmin), int64(f.pmax), f.aspect, f.headDim)
+	}
+	var out []scaling.Shape
+	for _, s := range strings.Split(f.shapes, ",") {
+		sh, err := scaling.ParseShape(s, f.headDim)
+		if err != nil {
+			return nil, fmt.Errorf("--shapes: %w", err)
+		}
+		out = append(out, sh)
+	}
+	return out, nil
+}
+
+// measureTokensPerS times a few training steps of one micro-batch of the
+// shape on random tokens, as `bench step` does.
+func measureTokensPerS(ctx context.Context, s scaling.Shape, vocab, seq, micro, steps int) (float64, error) {
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	b, err := device.Open("auto", "fp32", 0)
+	if err != nil {
+		return 0, err
+	}
+	defer b.Close()
+	c := train.Default(model.Default(vocab, s.Layers, s.Dim, s.Heads, seq))
+	c.Batch, c.MicroBatch, c.Steps, c.Warmup = micro, micro, steps+2, 1
+	tr, err := train.New(b, c)
+	if err != nil {
+		return 0, err
+	}
+	defer tr.Close()
+	src := dataset.Random{Seq: seq, Vocabulary: vocab}
+	var start time.Time
+	for i := range steps + 1 {
+		if i == 1 {
+			start = time.Now() // the first step touches every buffer
+		}
+		if _, err := tr.Step(ctx, src, int64(i), 0, 1, nil); err != nil {
+			return 0, err
+		}
+	}
+	return float64(steps*micro*seq) / time.Since(start).Seconds(), nil
+}
+
+// signalContext is cancelled by SIGINT or SIGTERM.
+func signalContext() (context.Context, context.CancelFunc) {
+	return signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+}
