@@ -40,7 +40,9 @@ func TestFitTable(t *testing.T) {
 	if err := runFit(&out, f, nil); err != nil {
 		t.Fatal(err)
 	}
-	var got map[string]struct{ M_opt, D_opt, L_opt *struct{ A, Exp, Lo, Hi float64 } }
+	var got map[string]struct {
+		M_opt, D_opt, L_opt *struct{ A, Exp, Lo, Hi float64 }
+	}
 	if err := json.Unmarshal(out.Bytes(), &got); err != nil {
 		t.Fatalf("%v\n%s", err, out.String())
 	}
