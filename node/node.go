@@ -186,6 +186,10 @@ func (n *Node) build() error {
 	np := tr.Model.Params.Len()
 	arc := allreduce.Config{Codec: o.Codec, BucketBytes: o.BucketBytes, Deadline: o.AllreduceTimeout,
 		Checksum: o.AllreduceChecksum, Logger: n.log}
+	arc.PowerSGDRank, arc.Seed = o.PowerSGDRank, n.cfg.Seed
+	for _, t := range tr.Model.Tensors { // [rows, cols] as PyTorch's powerSGD hook views a tensor
+		arc.Tensors = append(arc.Tensors, allreduce.Tensor{Off: t.Offset, Rows: t.Shape[0], Cols: t.Size / t.Shape[0]})
+	}
 	if n.grad, err = allreduce.New(n.gradT, np, arc); err != nil {
 		return err
 	}

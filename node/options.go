@@ -42,6 +42,7 @@ type Options struct {
 	// Allreduce.
 	Codec            string
 	BucketBytes      int
+	PowerSGDRank     int // rank of codec powersgd (0: 1)
 	AllreduceTimeout time.Duration
 	// AllreduceChecksum adds a CRC-32C to every gradient message.
 	AllreduceChecksum bool

@@ -56,6 +56,7 @@ type runFlags struct {
 	// allreduce
 	codec             string
 	bucketMB          float64
+	powersgdRank      int
 	allreduceTimeout  time.Duration
 	allreduceChecksum bool
 
@@ -119,8 +120,9 @@ func (f *runFlags) register(fs *pflag.FlagSet, join bool) {
 	f.security.Register(fs) // --cluster-key (or $DIFFTRAIN_CLUSTER_KEY), --cluster-key-file, --tls-*, --insecure
 	fs.DurationVar(&f.joinTimeout, "join-timeout", 2*time.Minute, "how long to retry reaching the seed")
 
-	fs.StringVar(&f.codec, "codec", "none", "gradient codec: none, bf16, bf16-zstd or int8")
+	fs.StringVar(&f.codec, "codec", "none", "gradient codec: none, bf16, bf16-zstd, int8 or powersgd")
 	fs.Float64Var(&f.bucketMB, "bucket-mb", 25, "gradient bucket size in MiB")
+	fs.IntVar(&f.powersgdRank, "powersgd-rank", 1, "rank of --codec powersgd's low-rank approximation (PyTorch's matrix_approximation_rank)")
 	fs.DurationVar(&f.allreduceTimeout, "allreduce-timeout", 10*time.Second, "abort a step when a ring neighbour is silent this long")
 	fs.BoolVar(&f.allreduceChecksum, "allreduce-checksum", false, "CRC-32C every gradient message (catches corruption TCP cannot; every node must agree)")
 
