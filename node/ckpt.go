@@ -5,6 +5,8 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"math"
+	"sync"
 	"time"
 
 	"github.com/difftrain/difftrain/checkpoint"
@@ -88,6 +90,7 @@ func (n *Node) restoreCheckpoint(st *checkpoint.State) error {
 		return fmt.Errorf("checkpoint %s: cursor %d is not step %d × batch %d", st.Dir, st.Cursor, st.Step, n.cfg.Batch)
 	}
 	n.step = st.Step
+	n.rs.ck.saved = st.Step
 	n.log.Info("resumed", "checkpoint", st.Dir, "step", n.step)
 	return nil
 }
@@ -95,29 +98,148 @@ func (n *Node) restoreCheckpoint(st *checkpoint.State) error {
 // save writes a checkpoint if this node is the one that writes: the ring
 // coordinator, or every node with --checkpoint-local. The step loop pays for
 // a copy into the writer's snapshot buffers; the files are written in the
-// background. final waits for the write.
-func (n *Node) save(final bool) {
+// background, and their outcome reaches ckptDone. final waits for the write
+// and returns its error. A failed save is counted (see afterStep); weights
+// that are not finite are never saved and stop the run.
+func (n *Node) save(final bool) error {
 	if n.ckpt == nil || !(n.opt.CheckpointLocal || n.cl.IsCoordinator()) {
-		return
+		return nil
 	}
 	t0 := time.Now()
 	st := &n.ckState
-	if err := n.fillState(st); err != nil {
-		n.log.Error("checkpoint snapshot", "step", n.step, "err", err)
-		return
+	err := n.fillState(st)
+	if err == nil {
+		if err = finiteState(st); err != nil {
+			return fmt.Errorf("checkpoint at step %d refused: %w", n.step, err)
+		}
+		err = n.ckpt.Save(st)
 	}
-	if err := n.ckpt.Save(st); err != nil {
-		n.log.Error("checkpoint save", "step", n.step, "err", err)
-		return
+	if err != nil {
+		n.ckptDone(n.step, err)
+		return n.ckptFailed()
 	}
+	n.rs.ck.started()
 	stall := time.Since(t0)
 	n.obs.checkpoint(stall)
 	n.log.Info("checkpoint", "step", n.step, "stall_ms", stall.Milliseconds())
 	if final {
 		if err := n.ckpt.Wait(); err != nil {
-			n.log.Error("checkpoint write", "step", n.step, "err", err)
+			return fmt.Errorf("final checkpoint at step %d: %w", n.step, err)
 		}
 	}
+	return nil
+}
+
+// finiteState reports the first tensor of st with a NaN or infinite value.
+func finiteState(st *checkpoint.State) error {
+	for _, ts := range [][]checkpoint.Tensor{st.Model, st.Optim} {
+		for _, t := range ts {
+			for i, v := range t.Data {
+				if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) {
+					return fmt.Errorf("tensor %s holds %g at index %d", t.Name, v, i)
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// runState is what the step loop tracks across steps beside the step:
+// skipped non-finite steps and the health of checkpoint saves.
+type runState struct {
+	badSteps int // steps skipped for a non-finite loss or gradient
+	ck       ckptHealth
+}
+
+// ckptHealth follows the checkpoint saves of this node. The writer reports
+// background outcomes from its own goroutine, hence the lock.
+type ckptHealth struct {
+	mu       sync.Mutex
+	saved    int64 // newest step saved or resumed from (0: none)
+	failures int   // consecutive failed saves
+	lastErr  error
+	failStep int64
+	retry    bool  // the last save failed: try again at the next step
+	warned   int64 // step of the last "no checkpoint for long" warning
+}
+
+func (h *ckptHealth) started() {
+	h.mu.Lock()
+	h.retry = false
+	h.mu.Unlock()
+}
+
+// ckptDone records the outcome of a save of step (the writer's OnDone).
+func (n *Node) ckptDone(step int64, err error) {
+	h := &n.rs.ck
+	h.mu.Lock()
+	if err != nil {
+		h.failures++
+		h.lastErr, h.failStep, h.retry = err, step, true
+	} else {
+		h.failures, h.lastErr, h.retry = 0, nil, false
+		h.saved = max(h.saved, step)
+	}
+	fails, saved := h.failures, h.saved
+	h.mu.Unlock()
+	if n.obs != nil && n.obs.ckm != nil {
+		n.obs.ckm.done(step, err, fails, saved)
+	}
+}
+
+// maxCkptFailures is --checkpoint-max-failures with its default.
+func (n *Node) maxCkptFailures() int {
+	if n.opt.CheckpointMaxFailures > 0 {
+		return n.opt.CheckpointMaxFailures
+	}
+	return 3
+}
+
+// ckptFailed is the error that stops the run once the last
+// --checkpoint-max-failures saves all failed.
+func (n *Node) ckptFailed() error {
+	h := &n.rs.ck
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if max := n.maxCkptFailures(); h.failures >= max {
+		last := "none"
+		if h.saved > 0 {
+			last = fmt.Sprint(h.saved)
+		}
+		return fmt.Errorf("checkpoint: the last %d saves failed (--checkpoint-max-failures %d), the last one of step %d: %w; stopping rather than training on without checkpoints (newest saved step: %s)",
+			h.failures, max, h.failStep, h.lastErr, last)
+	}
+	return nil
+}
+
+// afterStep runs after every completed step: it saves a checkpoint when one
+// is due, retries a failed save as soon as the writer is idle, warns when
+// no checkpoint was saved for three intervals, and stops the run after too
+// many consecutive failures.
+func (n *Node) afterStep() error {
+	if err := n.ckptFailed(); err != nil {
+		return err
+	}
+	every := int64(n.opt.CheckpointEvery)
+	due := every > 0 && n.step%every == 0 && n.step < int64(n.cfg.Steps)
+	h := &n.rs.ck
+	h.mu.Lock()
+	retry, saved := h.retry, h.saved
+	h.mu.Unlock()
+	if due || (retry && n.ckpt != nil && !n.ckpt.Busy() && n.step < int64(n.cfg.Steps)) {
+		if retry && !due {
+			n.log.Warn("retrying a failed checkpoint save", "step", n.step)
+		}
+		if err := n.save(false); err != nil {
+			return err
+		}
+	}
+	writer := n.ckpt != nil && (n.opt.CheckpointLocal || n.cl.IsCoordinator())
+	if writer && every > 0 && n.step-saved >= 3*every && n.step-h.warned >= every {
+		h.warned = n.step
+		n.log.Warn("no checkpoint saved for a long time", "step", n.step, "newest_saved", saved, "checkpoint_every", every)
+	}
+	return nil
 }
 
 // fillState points st's tensors at host copies of the replica's state.

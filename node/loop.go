@@ -65,12 +65,12 @@ func (n *Node) loop(ctx context.Context) error {
 			n.log.Info("training in a new ring", "gen", gen.ID, "start", gen.Start, "members", len(gen.Ring), "rank", ag.Rank, "coordinator", gen.Coordinator)
 		}
 		rec, err := n.runStep(ctx, ag)
+		rec, err = n.nonFinite(rec, err, ag)
 		if err != nil {
 			if ctx.Err() != nil {
 				continue
 			}
-			var ce *checksumError
-			if errors.As(err, &ce) {
+			if fatal(err) { // badstep.go
 				return err
 			}
 			select {
@@ -95,12 +95,14 @@ func (n *Node) loop(ctx context.Context) error {
 		if n.opt.OnStep != nil {
 			n.opt.OnStep(rec)
 		}
-		if n.opt.CheckpointEvery > 0 && n.step%int64(n.opt.CheckpointEvery) == 0 && n.step < int64(n.cfg.Steps) {
-			n.save(false)
+		if err := n.afterStep(); err != nil { // ckpt.go: due and retried saves
+			return err
 		}
 	}
 	if n.tr != nil {
-		n.save(true)
+		if err := n.save(true); err != nil {
+			return err
+		}
 	}
 	n.obs.done()
 	return nil
@@ -218,7 +220,11 @@ func (s *ringSync) Wait(local diffusion.Metrics) (diffusion.Metrics, error) {
 	putMetrics(v, local)
 	var mine uint64
 	if s.checksum {
-		mine = checksumStats(s.n.hostParams(), v[nMetrics:])
+		params, err := s.n.hostParams()
+		if err != nil {
+			return diffusion.Metrics{}, err
+		}
+		mine = checksumStats(params, v[nMetrics:])
 	}
 	if err := s.n.stats.Allreduce(s.ctx, s.gen, uint64(s.step), v); err != nil {
 		return diffusion.Metrics{}, err
@@ -244,12 +250,12 @@ func (n *Node) hostState() (train.State, error) {
 }
 
 // hostParams returns the parameters in host memory.
-func (n *Node) hostParams() []float32 {
+func (n *Node) hostParams() ([]float32, error) {
 	s, err := n.hostState()
 	if err != nil {
-		n.log.Error("downloading parameters", "err", err)
+		return nil, fmt.Errorf("downloading parameters for the weight checksum: %w", err)
 	}
-	return s.Params
+	return s.Params, nil
 }
 
 // serveIfDonor snapshots this member's state at the start of every ring
@@ -306,7 +312,7 @@ func (n *Node) adopt(ctx context.Context, gen cluster.Generation) error {
 	for try := 0; try < 50 && sn == nil && ctx.Err() == nil; try++ {
 		for _, m := range cands {
 			sctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
-			sn, err = fetchState(sctx, m.Addr, int64(gen.Start), n.dial)
+			sn, err = fetchState(sctx, m.Addr, int64(gen.Start), n.dial, n.expectConfig())
 			cancel()
 			if err == nil {
 				name = m.Name

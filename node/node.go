@@ -60,11 +60,15 @@ type Node struct {
 	ckState checkpoint.State
 	hostSt  train.State
 	samples *os.File
+	rs      runState // ckpt.go: skipped steps, checkpoint health
 }
 
 // Run runs a node until the configured number of steps is done, ctx ends
 // (a clean stop: the node checkpoints and leaves) or a fatal error.
 func Run(ctx context.Context, opt Options) error {
+	if err := opt.Validate(); err != nil {
+		return err
+	}
 	n := &Node{opt: opt, log: slog.Default()}
 	defer n.close()
 	if err := n.start(ctx); err != nil {
@@ -197,7 +201,7 @@ func (n *Node) build() error {
 		return err
 	}
 	if o.CheckpointDir != "" {
-		n.ckpt, err = checkpoint.NewWriter(o.CheckpointDir, checkpoint.Options{Keep: o.Keep, KeepEvery: o.KeepEvery, Logger: n.log})
+		n.ckpt, err = checkpoint.NewWriter(o.CheckpointDir, checkpoint.Options{Keep: o.Keep, KeepEvery: o.KeepEvery, Logger: n.log, OnDone: n.ckptDone})
 		if err != nil {
 			return err
 		}
@@ -208,6 +212,9 @@ func (n *Node) build() error {
 				n.log.Warn("preparing checkpoint buffers", "err", err)
 			}
 		}
+	}
+	if err := n.recordConfig(); err != nil {
+		return err
 	}
 	n.log.Info("node ready", "name", n.cl.Name(), "backend", o.Backend.Name(),
 		"params", np, "config", n.cfg.Hash(), "batch", n.cfg.Batch, "steps", n.cfg.Steps)

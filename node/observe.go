@@ -38,6 +38,7 @@ type observer struct {
 	stepTime                                 *prometheus.GaugeVec
 	wire, ckptStall, transfer                prometheus.Gauge
 	steps_, retries                          prometheus.Counter
+	ckm                                      *ckptMetrics // ckptmetrics.go
 }
 
 func newObserver(o *Options, cl *cluster.Cluster) (*observer, error) {
@@ -63,6 +64,7 @@ func newObserver(o *Options, cl *cluster.Cluster) (*observer, error) {
 	reg.MustRegister(ob.stepTime)
 	ob.steps_ = prometheus.NewCounter(prometheus.CounterOpts{Namespace: "difftrain", Name: "steps_total", Help: "Steps completed by this process."})
 	ob.retries = prometheus.NewCounter(prometheus.CounterOpts{Namespace: "difftrain", Name: "step_retries_total", Help: "Step attempts aborted by a failure and redone."})
+	ob.ckm = newCkptMetrics(reg)
 	reg.MustRegister(ob.steps_, ob.retries, prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
 
 	if o.MetricsAddr != "" {

@@ -30,6 +30,11 @@ type Options struct {
 	Resume          string // auto, never or a checkpoint path (seed only)
 	Force           bool   // with Resume never: start over in a non-empty directory
 	CheckpointLocal bool   // every node writes its own checkpoints
+	// CheckpointMaxFailures consecutive failed saves stop the run (0: 3).
+	CheckpointMaxFailures int
+	// MaxBadSteps steps with a non-finite loss or gradient are skipped
+	// (not applied); the next one stops the run.
+	MaxBadSteps int
 
 	RunDir      string        // metrics.jsonl
 	MaxDuration time.Duration // stop cleanly after this long (0: no limit)

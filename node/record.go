@@ -2,10 +2,13 @@ package node
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
+	"math"
 	"os"
+	"reflect"
 	"time"
 )
 
@@ -30,6 +33,65 @@ type Record struct {
 	Generation uint64    `json:"generation"`
 	WireBytes  int64     `json:"wire_bytes"` // allreduce bytes this node sent in the step
 	Retries    int       `json:"retries"`    // attempts of this step that a failure aborted
+	// Skipped: the loss or gradient was not finite and the update was not
+	// applied (--max-bad-steps).
+	Skipped bool `json:"skipped"`
+}
+
+// MarshalJSON writes the record as one JSON object with a NaN or infinite
+// value as null: a step whose loss went NaN is kept in the metrics file.
+func (r Record) MarshalJSON() ([]byte, error) {
+	var b bytes.Buffer
+	b.WriteByte('{')
+	v, t := reflect.ValueOf(r), reflect.TypeFor[Record]()
+	for i := range t.NumField() {
+		var x any = v.Field(i).Interface()
+		if f, ok := x.(float64); ok && (math.IsNaN(f) || math.IsInf(f, 0)) {
+			x = nil
+		}
+		val, err := json.Marshal(x)
+		if err != nil {
+			return nil, fmt.Errorf("record field %s: %w", t.Field(i).Name, err)
+		}
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		fmt.Fprintf(&b, "%q:", jsonName(t.Field(i)))
+		b.Write(val)
+	}
+	b.WriteByte('}')
+	return b.Bytes(), nil
+}
+
+// UnmarshalJSON reads a record written by MarshalJSON: a null number is NaN.
+func (r *Record) UnmarshalJSON(data []byte) error {
+	type plain Record
+	if err := json.Unmarshal(data, (*plain)(r)); err != nil {
+		return err
+	}
+	var raw map[string]json.RawMessage
+	if err := json.Unmarshal(data, &raw); err != nil {
+		return err
+	}
+	v, t := reflect.ValueOf(r).Elem(), reflect.TypeFor[Record]()
+	for i := range t.NumField() {
+		if t.Field(i).Type.Kind() != reflect.Float64 {
+			continue
+		}
+		if val, ok := raw[jsonName(t.Field(i))]; ok && string(bytes.TrimSpace(val)) == "null" {
+			v.Field(i).SetFloat(math.NaN())
+		}
+	}
+	return nil
+}
+
+// jsonName is a field's name in the JSON of a Record.
+func jsonName(f reflect.StructField) string {
+	name, _, _ := bytes.Cut([]byte(f.Tag.Get("json")), []byte(","))
+	if len(name) == 0 {
+		return f.Name
+	}
+	return string(name)
 }
 
 // ReadRecords parses a metrics.jsonl stream, naming the line of any error.

@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/encoding"
 	"google.golang.org/grpc/mem"
 
+	"github.com/difftrain/difftrain/model"
 	"github.com/difftrain/difftrain/train"
 )
 
@@ -142,8 +143,9 @@ func (s *stateServer) fetch(ss grpc.ServerStream) error {
 }
 
 // fetchState streams the snapshot of step from the member at addr and
-// verifies it.
-func fetchState(ctx context.Context, addr string, step int64, opts []grpc.DialOption) (*snapshot, error) {
+// verifies it. expect, when not nil, is the configuration this node already
+// runs: a header for another one is refused before anything is allocated.
+func fetchState(ctx context.Context, addr string, step int64, opts []grpc.DialOption, expect *train.Config) (*snapshot, error) {
 	conn, err := grpc.NewClient(addr, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("state from %s: %w", addr, err)
@@ -167,7 +169,7 @@ func fetchState(ctx context.Context, addr string, step int64, opts []grpc.DialOp
 	if err := st.RecvMsg(&raw); err != nil {
 		return nil, fmt.Errorf("state from %s: header: %w", addr, err)
 	}
-	sn, err := decodeHeader(raw, step)
+	sn, err := decodeHeader(raw, step, expect)
 	if err != nil {
 		return nil, fmt.Errorf("state from %s: %w", addr, err)
 	}
@@ -199,8 +201,16 @@ func fetchState(ctx context.Context, addr string, step int64, opts []grpc.DialOp
 	return sn, nil
 }
 
-// decodeHeader validates a state header and allocates the payload.
-func decodeHeader(raw []byte, step int64) (*snapshot, error) {
+// maxStateParams bounds the parameters of a state transfer (each of
+// params, m and v is 4 bytes a parameter).
+const maxStateParams = 1 << 31
+
+// decodeHeader validates a state header and allocates the payload. Every
+// length comes from the network: the parameter count must be the one of the
+// header's model (and of expect's, when given), which is bounded before
+// the layout is even computed, so nothing is allocated for a header that
+// does not describe the run.
+func decodeHeader(raw []byte, step int64, expect *train.Config) (*snapshot, error) {
 	if len(raw) > maxHeader {
 		return nil, fmt.Errorf("state header of %d bytes exceeds %d", len(raw), maxHeader)
 	}
@@ -212,14 +222,21 @@ func decodeHeader(raw []byte, step int64) (*snapshot, error) {
 	if err := json.Unmarshal(hdr.Config, &cfg); err != nil {
 		return nil, fmt.Errorf("state header config: %w", err)
 	}
+	if expect != nil && cfg != *expect {
+		return nil, fmt.Errorf("state header: configuration %s differs from this node's", hdr.Config)
+	}
 	if err := cfg.Validate(); err != nil {
 		return nil, fmt.Errorf("state header config: %w", err)
 	}
+	if b := paramBound(cfg.Model); b > maxStateParams {
+		return nil, fmt.Errorf("state header: a model of about %.3g parameters exceeds %d", b, maxStateParams)
+	}
+	want := model.NumParams(cfg.Model)
 	switch {
 	case hdr.Step != step:
 		return nil, fmt.Errorf("state header: step %d, asked for %d", hdr.Step, step)
-	case hdr.Params <= 0 || hdr.Params > 1<<31:
-		return nil, fmt.Errorf("state header: %d parameters", hdr.Params)
+	case hdr.Params != want:
+		return nil, fmt.Errorf("state header: %d parameters, its model has %d", hdr.Params, want)
 	case hdr.Residual != 0 && hdr.Residual != hdr.Params:
 		return nil, fmt.Errorf("state header: residual of %d floats for %d parameters", hdr.Residual, hdr.Params)
 	case len(hdr.SHA256) != 64:
@@ -230,6 +247,14 @@ func decodeHeader(raw []byte, step int64) (*snapshot, error) {
 	sn.state = train.State{Params: make([]float32, n), M: make([]float32, n), V: make([]float32, n)}
 	sn.resid = make([]float32, hdr.Residual)
 	return sn, nil
+}
+
+// paramBound is model.NumParams in floating point, safe from overflow and
+// without building the layout, for sizes read from the network.
+func paramBound(c model.Config) float64 {
+	d, v, l := float64(c.Dim), float64(c.Vocab), float64(c.Layers)
+	f := float64(c.MLPMult) * d
+	return 2*v*d + d + l*(4*d*d+2*d*f+f+7*d)
 }
 
 // rawCodec passes []byte messages through untouched. It is registered under
@@ -255,4 +280,14 @@ func (rawCodec) Unmarshal(data mem.BufferSlice, v any) error {
 	}
 	*b = data.Materialize()
 	return nil
+}
+
+// expectConfig is the configuration a fetched state must have: this node's
+// once it has a trainer, else nil (a joiner takes the donor's).
+func (n *Node) expectConfig() *train.Config {
+	if n.tr == nil {
+		return nil
+	}
+	c := n.cfg
+	return &c
 }

@@ -1,0 +1,99 @@
+package node
+
+import (
+	"errors"
+	"math"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/difftrain/difftrain/checkpoint"
+)
+
+// blowUp makes the loss go NaN at step 2, as the zeroed config of a --config
+// file once did: without beta2 and epsilon, a parameter whose gradient is 0
+// gets the update 0/0.
+func blowUp(o *Options) { o.Train.Beta2, o.Train.AdamEps = 0, 0 }
+
+// A run whose loss goes NaN stops with an error naming the step, keeps the
+// step's record (NaN as null) in metrics.jsonl, and leaves no checkpoint of
+// non-finite weights. Before, the run exited 0, dropped the NaN records and
+// saved a NaN checkpoint.
+func TestNaNLossStopsTheRun(t *testing.T) {
+	dir := t.TempDir()
+	err := runAlone(t, dir, 20, blowUp)
+	var be *badStepError
+	if !errors.As(err, &be) {
+		t.Fatalf("Run returned %v, want a non-finite step error", err)
+	}
+	if !strings.Contains(err.Error(), "step ") || be.nf.Step < 1 {
+		t.Fatalf("error does not name the step: %v", err)
+	}
+	recs, rerr := ReadRecordsFile(dir)
+	if rerr != nil {
+		t.Fatal(rerr)
+	}
+	last := recs[len(recs)-1]
+	if last.Step != be.nf.Step || !last.Skipped || finiteOrZero(last.Loss) && finiteOrZero(last.Elbo) {
+		t.Fatalf("last record %+v, want step %d with the non-finite values", last, be.nf.Step)
+	}
+	checkFiniteCheckpoints(t, filepath.Join(dir, "checkpoints"))
+}
+
+// With --max-bad-steps k, k non-finite steps are skipped (not applied,
+// recorded as skipped) and the next one stops the run.
+func TestMaxBadStepsSkipsThenStops(t *testing.T) {
+	dir := t.TempDir()
+	err := runAlone(t, dir, 40, func(o *Options) { blowUp(o); o.MaxBadSteps, o.CheckpointEvery = 2, 0 })
+	var be *badStepError
+	if !errors.As(err, &be) || be.skipped != 2 {
+		t.Fatalf("Run returned %v, want a stop after 2 skipped steps", err)
+	}
+	recs, rerr := ReadRecordsFile(dir)
+	if rerr != nil {
+		t.Fatal(rerr)
+	}
+	skipped := 0
+	for _, r := range recs {
+		if r.Skipped {
+			skipped++
+		}
+	}
+	if skipped != 3 || recs[len(recs)-1].Step != be.nf.Step {
+		t.Fatalf("%d skipped records (want 2 skipped and the stopping one), last step %d, error at %d", skipped, recs[len(recs)-1].Step, be.nf.Step)
+	}
+	checkFiniteCheckpoints(t, filepath.Join(dir, "checkpoints"))
+}
+
+// Weights that went non-finite (here through an update with finite loss
+// and gradient) are never checkpointed: the save is refused and the run
+// stops saying why.
+func TestNonFiniteWeightsAreNeverSaved(t *testing.T) {
+	dir := t.TempDir()
+	err := runAlone(t, dir, 40, func(o *Options) { blowUp(o); o.MaxBadSteps = 5 })
+	if err == nil || !strings.Contains(err.Error(), "checkpoint at step 2 refused") {
+		t.Fatalf("Run returned %v, want the step 2 checkpoint refused", err)
+	}
+	checkFiniteCheckpoints(t, filepath.Join(dir, "checkpoints"))
+}
+
+func finiteOrZero(x float64) bool { return !math.IsNaN(x) && !math.IsInf(x, 0) }
+
+// checkFiniteCheckpoints fails t if a checkpoint in dir holds a non-finite
+// weight or moment.
+func checkFiniteCheckpoints(t *testing.T, dir string) {
+	t.Helper()
+	cps, err := checkpoint.List(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range cps {
+		st, err := checkpoint.Load(c.Path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := finiteState(st); err != nil {
+			t.Errorf("checkpoint %s: %v", c.Path, err)
+		}
+	}
+}
