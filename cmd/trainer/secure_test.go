@@ -20,6 +20,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/difftrain/difftrain/cluster"
+	"github.com/difftrain/difftrain/k8s"
 )
 
 // parsedRunFlags returns the flags of `trainer train` after parsing args.
@@ -361,4 +362,50 @@ func freeLoopback(t *testing.T) string {
 	}
 	t.Fatal("no port free for TCP and UDP")
 	return ""
+}
+
+// TestManifestsListenWithKey: the Kubernetes pods listen on 0.0.0.0 (they
+// must be reachable on the pod IP), which works because they get the
+// cluster key from a Secret; without it the same command lines are refused.
+func TestManifestsListenWithKey(t *testing.T) {
+	key, err := cluster.NewSecurity([]byte("secret-from-difftrain-cluster-key"), cluster.TLSFiles{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range k8s.Kustomizations {
+		o, err := k8s.Render(filepath.Join(k8s.Dir(), k))
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := container(t, o.Job("difftrain"), "trainer")
+		runs := 0
+		for _, index := range []string{"0", "1"} {
+			for _, cl := range runScript(t, c, map[string]string{"JOB_COMPLETION_INDEX": index}, "FAIL") {
+				if cl.sub != "train" && cl.sub != "join" {
+					continue
+				}
+				runs++
+				for _, sec := range []*cluster.Security{key, nil} {
+					f := &runFlags{}
+					fs := pflag.NewFlagSet(cl.sub, pflag.ContinueOnError)
+					fs.ParseErrorsAllowlist.UnknownFlags = true
+					f.register(fs, cl.sub == "join")
+					if err := fs.Parse(cl.args); err != nil {
+						t.Fatalf("%s: %s %v: %v", k, cl.sub, cl.args, err)
+					}
+					var logs bytes.Buffer
+					err := f.secureAddrs(sec, slog.New(slog.NewTextHandler(&logs, nil)))
+					if sec != nil && (err != nil || logs.Len() > 0) {
+						t.Errorf("%s: pod %s `trainer %s` with the key: %v %s", k, index, cl.sub, err, logs.String())
+					}
+					if sec == nil && err == nil {
+						t.Errorf("%s: pod %s `trainer %s` without the key listens on %s unprotected", k, index, cl.sub, f.bind)
+					}
+				}
+			}
+		}
+		if runs < 2 {
+			t.Errorf("%s: %d train/join calls checked, want pod 0's and pod 1's", k, runs)
+		}
+	}
 }
