@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/difftrain/difftrain/compute/device"
 	"github.com/difftrain/difftrain/dataset"
+	"github.com/difftrain/difftrain/k8s"
 	"github.com/difftrain/difftrain/model"
 	"github.com/difftrain/difftrain/scaling"
 	"github.com/difftrain/difftrain/shard"
@@ -91,6 +93,8 @@ few steps are flagged, not dropped.`,
 
 	var ro sweep.RunOptions
 	var threads int
+	var k8sOn bool
+	var k8sBase, k8sOut string
 	run := &cobra.Command{
 		Use:   "run SWEEP_DIR",
 		Short: "Train every planned run of a sweep that is not finished, K at a time",
@@ -98,12 +102,28 @@ few steps are flagged, not dropped.`,
 SWEEP_DIR/runs/NAME, output in train.log there), -j at a time. A run that reached
 its planned steps is never started again; one that was interrupted resumes from its
 newest checkpoint. Ctrl-C stops every run cleanly (each checkpoints); run the same
-command again to go on. A progress line is printed every --progress-every.`,
+command again to go on. A progress line is printed every --progress-every.
+
+With --k8s it trains nothing here: it renders, for each run not done, a ConfigMap
+with its config and a one-pod Indexed Job made from the trainer Job of --k8s-base,
+into --k8s-out (default SWEEP_DIR/k8s) with a kustomization.yaml, for
+` + "`kubectl apply -k`" + ` next to the base deployment (its volume and dataset). The
+runs write under /data/sweeps/SWEEP/NAME there.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			bin, err := os.Executable()
 			if err != nil {
 				return fmt.Errorf("sweep run: the trainer binary: %w", err)
+			}
+			if k8sOn {
+				if k8sOut == "" {
+					k8sOut = filepath.Join(args[0], "k8s")
+				}
+				files, err := sweep.RenderK8s(args[0], k8sBase, k8sOut)
+				for _, f := range files {
+					fmt.Fprintln(cmd.OutOrStdout(), f)
+				}
+				return err
 			}
 			ro.Bin, ro.Progress = bin, cmd.OutOrStdout()
 			if threads > 0 {
@@ -120,6 +140,9 @@ command again to go on. A progress line is printed every --progress-every.`,
 	rf.IntVar(&ro.CheckpointEvery, "checkpoint-every", 100, "checkpoint each run every K steps")
 	rf.IntVar(&threads, "threads", 0, "CPU threads per run (0: all cores; with -j K, cores/K is sensible)")
 	rf.DurationVar(&ro.Every, "progress-every", 30*time.Second, "interval of the progress line")
+	rf.BoolVar(&k8sOn, "k8s", false, "render Kubernetes Jobs for the runs instead of training here")
+	rf.StringVar(&k8sBase, "k8s-base", filepath.Join(k8s.Dir(), "overlays", "cpu"), "kustomization whose trainer Job the runs' Jobs copy")
+	rf.StringVar(&k8sOut, "k8s-out", "", "directory for the rendered manifests (default SWEEP_DIR/k8s)")
 	sweepCmd.AddCommand(run)
 	root.AddCommand(sweepCmd)
 }
