@@ -2,7 +2,9 @@ package cluster
 
 import (
 	"bytes"
+	"encoding/binary"
 	"reflect"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -197,4 +199,42 @@ func FuzzControlMessage(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestForgedCountsAllocateNothing: a list length within the limit but
+// beyond the bytes that follow is refused before the list is allocated.
+func TestForgedCountsAllocateNothing(t *testing.T) {
+	count := binary.AppendUvarint(nil, maxMembers)
+	forged := map[string][]byte{
+		// proposal: id, base, coordinator "a", then the ring's length.
+		"proposal ring": append([]byte{wireVersion, kindProposal, 1, 0, 1, 'a'}, count...),
+		// commit: id, base, start, coordinator "a", ring length.
+		"commit ring": append([]byte{wireVersion, kindCommit, 1, 0, 0, 1, 'a'}, count...),
+		// status: self, coordinator, an empty generation, member count.
+		"status members": append([]byte{wireVersion, kindStatus, 0, 0, 0, 0, 0, 0, 0}, count...),
+	}
+	for name, b := range forged {
+		var m message
+		switch b[1] {
+		case kindProposal:
+			m = &proposal{}
+		case kindCommit:
+			m = &commit{}
+		default:
+			m = &Status{}
+		}
+		if err := m.unmarshal(b); err == nil || !strings.Contains(err.Error(), "bytes left") {
+			t.Fatalf("%s: got %v, want a refusal for the bytes left", name, err)
+		}
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		for range 100 {
+			m.unmarshal(b)
+		}
+		runtime.ReadMemStats(&after)
+		// An allocated list would take 100 × 4096 × (at least 40 bytes).
+		if n := after.TotalAlloc - before.TotalAlloc; n > 1<<20 {
+			t.Errorf("%s: 100 refusals allocated %d bytes", name, n)
+		}
+	}
 }
