@@ -63,8 +63,11 @@ func readRun(dir string, beta, budget float64) (Result, string) {
 		return Result{}, "the config lacks the sequence length, batch or steps"
 	}
 	f, err := os.Open(filepath.Join(dir, "metrics.jsonl"))
+	if errors.Is(err, fs.ErrNotExist) {
+		return Result{}, "not started (no metrics.jsonl)"
+	}
 	if err != nil {
-		return Result{}, fmt.Sprintf("no metrics: %v", err)
+		return Result{}, fmt.Sprintf("metrics: %v", err)
 	}
 	defer f.Close()
 	curve, err := scaling.ReadCurve(f)

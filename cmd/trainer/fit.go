@@ -115,6 +115,7 @@ func runFit(w io.Writer, f *fitFlags, args []string) error {
 			return err
 		}
 	} else {
+		printRuns(w, runs)
 		printFit(w, fits, ratios)
 	}
 	if f.out == "" {
@@ -123,10 +124,19 @@ func runFit(w io.Writer, f *fitFlags, args []string) error {
 	if err := os.MkdirAll(f.out, 0o755); err != nil {
 		return fmt.Errorf("fit: %w", err)
 	}
+	type runRow struct {
+		scaling.Point
+		Curve *scaling.Curve `json:"loss_curve,omitempty"`
+	}
+	var rows []runRow
+	for _, r := range runs {
+		rows = append(rows, runRow{r.Point, r.Curve})
+	}
 	b, _ := json.MarshalIndent(struct {
+		Runs   []runRow                     `json:"runs,omitempty"`
 		Fits   map[string]*scaling.NoiseFit `json:"fits"`
 		Ratios []ratioRow                   `json:"uniform_over_masked,omitempty"`
-	}{byNoise, ratios}, "", "  ")
+	}{rows, byNoise, ratios}, "", "  ")
 	if err := os.WriteFile(filepath.Join(f.out, "fit.json"), b, 0o644); err != nil {
 		return fmt.Errorf("fit: %w", err)
 	}
@@ -173,6 +183,26 @@ func lossRatios(fits []*scaling.NoiseFit, pts []scaling.Point, at string) ([]rat
 		out = append(out, ratioRow{c, scaling.Ratio(*u, *m, c)})
 	}
 	return out, nil
+}
+
+// printRuns lists the runs read from directories with their loss-curve fits.
+func printRuns(w io.Writer, runs []sweep.Result) {
+	if len(runs) == 0 {
+		return
+	}
+	fmt.Fprintln(w, "Runs (loss: final EMA ELBO; curve: L(S) = C + B·S^−b from the end of warmup)")
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "run	M	D	C	loss	curve")
+	for _, r := range runs {
+		curve := "-"
+		if c := r.Curve; c != nil {
+			curve = fmt.Sprintf("%.4f + %.4g·S^−%.3f", c.C, c.B, c.Exp)
+		}
+		p := r.Point
+		fmt.Fprintf(tw, "%s\t%.3g\t%.3g\t%.3g\t%.4f\t%s\n", p.Name, p.M, p.D, p.C, p.Loss, curve)
+	}
+	tw.Flush()
+	fmt.Fprintln(w)
 }
 
 func printFit(w io.Writer, fits []*scaling.NoiseFit, ratios []ratioRow) {
