@@ -178,14 +178,15 @@ func TestPartitionMinorityPauses(t *testing.T) {
 	if g3.ID <= g2.ID {
 		t.Errorf("after healing: %v, want after %d", g3, g2.ID)
 	}
-	if r := g3.Rank(lone.c.Name()); r < 0 || !g3.Ring[r].Fresh {
-		t.Errorf("rejoined member should be a fresh joiner: %v", g3.Ring)
-	}
 	if err := <-waitErr; err != nil {
 		t.Fatalf("isolated member's wait: %v", err)
 	}
-	if g := <-healed; g.ID != g3.ID {
-		t.Errorf("isolated member's wait returned %v, want generation %d", g, g3.ID)
+	// The first generation the isolated member commits after the heal
+	// takes it back as a fresh joiner (its state is behind the majority's).
+	// Under load, more generations may follow before all settle.
+	g := <-healed
+	if r := g.Rank(lone.c.Name()); r < 0 || !g.Ring[r].Fresh || g.ID <= g2.ID || g.ID > g3.ID {
+		t.Errorf("isolated member's wait returned %v, want a generation in (%d, %d] with it as a fresh joiner", g, g2.ID, g3.ID)
 	}
 }
 

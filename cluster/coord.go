@@ -140,7 +140,7 @@ func (c *Cluster) round(now time.Time) {
 			base = append(base, m)
 		}
 	}
-	mayBoot := c.mayBoot()
+	mayLead := c.mayLead()
 	c.mu.Unlock()
 
 	if len(ring) == 0 || (!forced && sameRing(ring, cur.Ring)) {
@@ -152,8 +152,10 @@ func (c *Cluster) round(now time.Time) {
 		return
 	}
 	boot := len(base) == 0 // first generation, or every member left
-	if boot && !mayBoot {
-		c.waiting(fmt.Sprintf("this member missed generation %d or the run is complete; it starts no ring on its own", c.highestGen()))
+	if !mayLead {
+		// The newest generation's members are gone (left, finished, or
+		// out of reach) and this member's state is older than theirs.
+		c.waiting(fmt.Sprintf("this member missed generation %d or the run is complete; it forms no ring", c.highestGen()))
 		return
 	}
 	if boot {

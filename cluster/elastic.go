@@ -58,11 +58,13 @@ func (c *Cluster) SetLimits(minNodes, maxNodes int) {
 	c.wake()
 }
 
-// mayBoot reports whether this member may form a ring that has no member of
-// the previous one (the first generation, or every member left): only with
-// the newest state, so a member that missed a generation never trains on
-// its own. Callers hold c.mu.
-func (c *Cluster) mayBoot() bool {
+// mayLead reports whether this member may propose generations: only with
+// the newest state. The election makes the members of the newest
+// generation coordinators, so this member coordinates only when they are
+// all gone (finished, left, or out of reach); if it missed that generation,
+// or the run is done, it must not form a ring that would train stale state
+// (a minority that never trains on its own). Callers hold c.mu.
+func (c *Cluster) mayLead() bool {
 	if c.doneBy != "" || c.highest > c.mine {
 		return false
 	}
@@ -161,4 +163,23 @@ func (c *Cluster) penaltyFor(name string, blamed bool) time.Duration {
 type strike struct {
 	n    int
 	last time.Time
+}
+
+// Probe tries once to join the gossip of the members at addrs and reports
+// how many answered. A starting node uses it to find a ring it belonged to.
+func (c *Cluster) Probe(addrs []string) int {
+	n, err := c.ml.Join(addrs)
+	if n == 0 {
+		c.log.Debug("probe found no member", "peers", addrs, "err", err)
+	}
+	return n
+}
+
+// SetData changes what this member announces about the dataset it serves
+// ("" for none).
+func (c *Cluster) SetData(data string) {
+	c.mu.Lock()
+	c.cfg.Data = data
+	c.mu.Unlock()
+	c.regossip()
 }

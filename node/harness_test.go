@@ -43,6 +43,8 @@ type childSpec struct {
 	CheckpointEvery int
 	ChecksumEvery   int
 	Resume          string
+	Explicit        map[string]string // flags "given on the command line"
+	Rejoin          []string          // a seed's --seed list
 }
 
 func TestMain(m *testing.M) {
@@ -82,6 +84,7 @@ func runChild(raw string) int {
 			MinNodes: s.MinNodes, JoinTimeout: 30 * time.Second, Timing: timing, Data: s.Data},
 		Codec: s.Codec, AllreduceTimeout: 3 * time.Second, ChecksumEvery: s.ChecksumEvery,
 		Progress: "log", LogEvery: 10, SampleLog: filepath.Join(s.RunDir, "samples.log"),
+		Explicit: s.Explicit, Rejoin: s.Rejoin, RejoinWait: 3 * time.Second,
 	}
 	if s.Join {
 		o.Data.Dir = ""

@@ -33,6 +33,9 @@ func (n *Node) loop(ctx context.Context) error {
 			if ctx.Err() != nil {
 				continue
 			}
+			if n.doneEarly(err) {
+				break
+			}
 			return err
 		}
 		if gen.ID != cur.ID {
@@ -49,7 +52,7 @@ func (n *Node) loop(ctx context.Context) error {
 					n.log.Warn("taking state from the ring failed", "gen", gen.ID, "err", err)
 					time.Sleep(time.Second) // don't spin generations on a persistent failure
 					n.cl.ReportFailure(gen.ID, "", err)
-					if _, err := n.cl.WaitGeneration(ctx, gen.ID); err != nil && ctx.Err() == nil {
+					if _, err := n.cl.WaitGeneration(ctx, gen.ID); err != nil && ctx.Err() == nil && !n.doneEarly(err) {
 						return err
 					}
 				}
@@ -62,6 +65,7 @@ func (n *Node) loop(ctx context.Context) error {
 				ag.Members = append(ag.Members, allreduce.Peer{Name: m.Name, Addr: m.Addr})
 			}
 			n.obs.generation(gen)
+			n.writePeers(gen)
 			n.log.Info("training in a new ring", "gen", gen.ID, "start", gen.Start, "members", len(gen.Ring), "rank", ag.Rank, "coordinator", gen.Coordinator)
 		}
 		rec, err := n.runStep(ctx, ag)
@@ -81,13 +85,17 @@ func (n *Node) loop(ctx context.Context) error {
 			default:
 				peer := blame(err)
 				n.cl.ReportFailure(cur.ID, peer, err)
-				if _, err := n.cl.WaitGeneration(ctx, cur.ID); err != nil && ctx.Err() == nil {
+				if _, err := n.cl.WaitGeneration(ctx, cur.ID); err != nil && ctx.Err() == nil && !n.doneEarly(err) {
 					return err
 				}
 			}
 			retries++
+			if retries >= maxStepRetries {
+				return retryError(n.step, retries, err)
+			}
 			continue
 		}
+		n.cl.Applied(uint64(n.step + 1))
 		rec.Retries, retries = retries, 0
 		n.step++
 		rec.Step = n.step
@@ -99,7 +107,12 @@ func (n *Node) loop(ctx context.Context) error {
 			return err
 		}
 	}
-	if n.tr != nil {
+	if n.tr != nil && n.step >= int64(n.cfg.Steps) {
+		// Members still waiting for a ring exit instead of training
+		// on their own.
+		n.cl.SetDone()
+	}
+	if n.tr != nil && !n.late {
 		if err := n.save(true); err != nil {
 			return err
 		}
@@ -235,6 +248,11 @@ func (s *ringSync) Wait(local diffusion.Metrics) (diffusion.Metrics, error) {
 			return diffusion.Metrics{}, s.diverged
 		}
 		s.n.log.Debug("weight checksums agree", "step", s.step, "checksum", fmt.Sprintf("%016x", mine))
+	}
+	// The update is applied only if no new generation was proposed since
+	// the step began: the boundary this member acknowledged stays true.
+	if err := s.n.cl.BeginApply(); err != nil {
+		return diffusion.Metrics{}, err
 	}
 	return metricsOf(v), nil
 }

@@ -1,6 +1,7 @@
 package node
 
 import (
+	"cmp"
 	"context"
 	"encoding/binary"
 	"encoding/json"
@@ -11,7 +12,7 @@ import (
 	"math"
 	"net"
 	"os"
-	"path/filepath"
+	"slices"
 	"time"
 
 	"google.golang.org/grpc"
@@ -61,6 +62,10 @@ type Node struct {
 	hostSt  train.State
 	samples *os.File
 	rs      runState // ckpt.go: skipped steps, checkpoint health
+	runSrv  runServer
+
+	stopServe context.CancelFunc // ends announceShards' wait
+	late      bool               // the run completed without this node
 }
 
 // Run runs a node until the configured number of steps is done, ctx ends
@@ -72,6 +77,9 @@ func Run(ctx context.Context, opt Options) error {
 	n := &Node{opt: opt, log: slog.Default()}
 	defer n.close()
 	if err := n.start(ctx); err != nil {
+		if n.doneEarly(err) {
+			return nil
+		}
 		return err
 	}
 	return n.loop(ctx)
@@ -101,6 +109,7 @@ func (n *Node) start(ctx context.Context) error {
 	n.gradT.Register(n.srv)
 	n.statsT.Register(n.srv)
 	n.states.register(n.srv)
+	n.runSrv.register(n.srv)
 
 	// The configuration and starting state: a checkpoint or a fresh start
 	// for the seed; a ring member's state for a joiner (fetched later, once
@@ -121,6 +130,7 @@ func (n *Node) start(ctx context.Context) error {
 		}
 	}
 	cc := o.Cluster
+	cc.Data = "" // announced once this node holds every shard (announceShards)
 	cc.Backend = o.Backend.Name()
 	cc.Version = Version
 	cc.Logger = n.log
@@ -132,8 +142,10 @@ func (n *Node) start(ctx context.Context) error {
 		return err
 	}
 	n.cl.Register(n.srv)
-	if o.Data.Dir != "" && o.Data.URL == "" && o.Data.Peer == "" {
-		n.flight = shard.RegisterFlight(n.srv, o.Data.Dir)
+	// Every node serves its shards: its dataset, or the cache it fills
+	// from a peer or URL, so the data outlives any one member.
+	if dir := n.shardDir(); dir != "" {
+		n.flight = shard.RegisterFlight(n.srv, dir)
 	}
 	go n.srv.Serve(lis)
 	n.obs, err = newObserver(o, n.cl)
@@ -148,11 +160,18 @@ func (n *Node) start(ctx context.Context) error {
 	if err := n.cl.Join(ctx); err != nil {
 		return err
 	}
+	if !o.Join && n.findRunningRing(ctx) {
+		// A restarted seed: the run went on without it, so its
+		// checkpoint is behind. It joins like any other node.
+		step := int64(-1)
+		if resume != nil {
+			step = resume.Step
+		}
+		n.log.Info("a ring is running: joining it instead of resuming from this node's checkpoint", "checkpoint_step", step)
+		o.Join, resume = true, nil
+	}
 	if o.Join {
-		// The joiner learns the configuration with the state; the trainer
-		// is built in adopt().
-		n.cl.SetReady()
-		return nil
+		return n.startJoiner(ctx)
 	}
 	if err := n.build(); err != nil {
 		return err
@@ -162,6 +181,7 @@ func (n *Node) start(ctx context.Context) error {
 			return err
 		}
 	}
+	n.runSrv.set(RunConfig{Train: n.cfg, Ring: o.ringSettings()})
 	n.cl.SetReady()
 	return nil
 }
@@ -229,21 +249,39 @@ func (n *Node) openData() error {
 	d.Seed = n.cfg.Seed
 	d.PeerDial = n.dial
 	if d.Dir == "" && d.URL == "" && d.Peer == "" {
-		peer := n.dataPeer()
-		if peer == "" {
-			return errors.New("no dataset: give --data or --data-url, or join a ring whose members serve one")
-		}
-		d.Peer = peer
-		if d.CacheDir == "" {
-			d.CacheDir = filepath.Join(o.RunDir, "cache")
-		}
+		return n.openFromPeers(d)
+	}
+	if (d.URL != "" || d.Peer != "") && d.CacheDir == "" && d.Dir == "" {
+		d.CacheDir = n.shardDir()
 	}
 	src, err := dataset.Open(context.Background(), d)
 	if err != nil {
 		return err
 	}
 	n.src = src
+	n.announceShards()
 	return nil
+}
+
+// openFromPeers streams the dataset from the first member that serves it.
+func (n *Node) openFromPeers(d dataset.Options) error {
+	peers := n.dataPeers()
+	if len(peers) == 0 {
+		return errors.New("no dataset: give --data or --data-url, or join a ring whose members serve one")
+	}
+	d.CacheDir = cmp.Or(d.CacheDir, n.shardDir())
+	var errs []error
+	for _, p := range peers {
+		d.Peer = p
+		src, err := dataset.Open(context.Background(), d)
+		if err == nil {
+			n.src = src
+			n.announceShards()
+			return nil
+		}
+		errs = append(errs, err)
+	}
+	return fmt.Errorf("no member served the dataset: %w", errors.Join(errs...))
 }
 
 // checkData checks the dataset against the model.
@@ -257,24 +295,24 @@ func (n *Node) checkData() error {
 	return nil
 }
 
-// dataPeer picks a member that serves shards (one that announces a local
-// dataset in its gossip metadata), preferring members of the current ring.
-func (n *Node) dataPeer() string {
-	serves := map[string]string{}
+// dataPeers lists the members that serve shards (they announce it in their
+// gossip metadata once they hold every shard), members training in the
+// newest generation first. A member gossiping this node's own address is a
+// dead earlier incarnation of it and is left out.
+func (n *Node) dataPeers() []string {
+	self := n.opt.Cluster.GRPCAddr
+	var ms []cluster.MemberInfo
 	for _, m := range n.cl.Members() {
-		if m.Name != n.cl.Name() && m.Data != "" && m.GRPCAddr != "" {
-			serves[m.Name] = m.GRPCAddr
+		if m.Name != n.cl.Name() && m.Data != "" && m.GRPCAddr != "" && m.GRPCAddr != self {
+			ms = append(ms, m)
 		}
 	}
-	for _, m := range n.cl.Current().Ring {
-		if a, ok := serves[m.Name]; ok {
-			return a
-		}
+	slices.SortStableFunc(ms, func(a, b cluster.MemberInfo) int { return cmp.Compare(b.Gen, a.Gen) })
+	out := make([]string, len(ms))
+	for i, m := range ms {
+		out[i] = m.GRPCAddr
 	}
-	for _, a := range serves {
-		return a
-	}
-	return ""
+	return out
 }
 
 func (n *Node) close() {
@@ -286,6 +324,9 @@ func (n *Node) close() {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), wait)
 	defer cancel()
+	if n.stopServe != nil {
+		n.stopServe()
+	}
 	if n.ckpt != nil {
 		if err := n.ckpt.Close(); err != nil {
 			n.log.Error("checkpoint writer", "err", err)

@@ -16,6 +16,18 @@ type Options struct {
 	Join  bool
 	Train train.Config // the seed's configuration; ignored when joining
 
+	// Rejoin are gossip addresses a seed looks for a running ring at (its
+	// --seed list), besides the last ring's members recorded in the run
+	// directory; when one is training, the seed joins it instead of
+	// starting from its checkpoint. RejoinWait bounds the search.
+	Rejoin     []string
+	RejoinWait time.Duration
+
+	// Explicit holds the flags given on the command line (name → value).
+	// A joiner refuses to start when one that the ring must agree on
+	// (RunConfig) differs from the running ring's.
+	Explicit map[string]string
+
 	Backend compute.Backend // opened by the caller; the node closes nothing of it
 
 	// Data: where this node reads shards. A joiner with no Dir and no URL

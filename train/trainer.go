@@ -147,6 +147,8 @@ func (t *Trainer) Step(ctx context.Context, src dataset.Source, step int64, rank
 		return r, err
 	}
 	t.Model.ZeroGrad()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	t.Model.Cancel = ctx.Err // checked between layers
 	defer func() { t.Model.Cancel = nil }()
 	for a := lo; a < hi; a += int64(c.MicroBatch) {
@@ -178,6 +180,10 @@ func (t *Trainer) Step(ctx context.Context, src dataset.Source, step int64, rank
 			}
 		}
 		if err := t.Model.Backward(ready); err != nil {
+			if ready != nil {
+				cancel() // end the started gradient sum, as a failed peer would
+				sync.Wait(r.Metrics)
+			}
 			return r, err
 		}
 		r.Compute += time.Since(t1)

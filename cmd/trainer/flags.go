@@ -3,14 +3,15 @@ package main
 import (
 	"fmt"
 	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
-	"sigs.k8s.io/yaml"
 
 	"github.com/difftrain/difftrain/cluster"
-	"github.com/difftrain/difftrain/model"
+	"github.com/difftrain/difftrain/node"
+	"github.com/difftrain/difftrain/shard"
 	"github.com/difftrain/difftrain/train"
 )
 
@@ -42,6 +43,10 @@ type runFlags struct {
 	runDir      string
 	maxDuration time.Duration
 
+	// steps that go wrong
+	ckptMaxFailures int
+	maxBadSteps     int
+
 	// compute
 	device, precision string
 	threads           int
@@ -51,7 +56,7 @@ type runFlags struct {
 	seeds                                          []string
 	minNodes, maxNodes                             int
 	security                                       cluster.SecurityFlags
-	joinTimeout                                    time.Duration
+	joinTimeout, rejoinWait                        time.Duration
 
 	// allreduce
 	codec             string
@@ -74,24 +79,26 @@ func (f *runFlags) register(fs *pflag.FlagSet, join bool) {
 		// from the cluster; it needs only where the cluster is.
 		fs.StringSliceVar(&f.seeds, "seed", nil, "gossip address host:port of a member to join (repeatable)")
 	} else {
-		fs.StringVar(&f.config, "config", "", "training config file (YAML or JSON, the JSON names of train.Config); flags given explicitly override it")
-		fs.IntVar(&f.vocab, "vocab", 0, "vocabulary size (0: the dataset's)")
-		fs.IntVar(&f.layers, "layers", 4, "transformer blocks L")
-		fs.IntVar(&f.dim, "dim", 128, "hidden size d")
-		fs.IntVar(&f.heads, "heads", 4, "attention heads H")
-		fs.IntVar(&f.seqLen, "seq-len", 0, "sequence length N (0: the dataset's)")
-		fs.StringVar(&f.noise, "noise", "masked", "noise type: masked, low-uniform, balanced, high-uniform, uniform, or a mixing shift")
-		fs.StringVar(&f.optimizer, "optimizer", "laprop", "optimizer: laprop or adamw")
-		fs.Float64Var(&f.lr, "lr", 0.5, "base learning rate η (bulk LR η/d, aux LR 0.02η)")
-		fs.IntVar(&f.warmup, "warmup", 100, "warmup steps")
-		fs.Float64Var(&f.cooldown, "cooldown", 0.2, "cooldown: fraction of the steps (< 1) or a step count")
-		fs.IntVar(&f.steps, "steps", 1000, "training steps (optimizer updates)")
-		fs.IntVar(&f.batch, "batch", 16, "global batch size in sequences (independent of the number of nodes)")
-		fs.IntVar(&f.micro, "micro-batch", 0, "sequences per forward/backward on a node (0: the global batch)")
-		fs.Uint64Var(&f.seed, "seed", 1, "run seed: initialisation, data order and noise are pure functions of it")
-		fs.Float64Var(&f.promptP, "prompt-p", 0.2, "share of sequences with a clean prompt (noise_mask_p_prompt)")
+		fs.StringSliceVar(&f.seeds, "seed", nil, "gossip address host:port of another member of this run (repeatable): if a ring is training there at start, this node joins it instead of resuming from its own checkpoint (a restarted seed)")
+		d := train.Defaults()
+		fs.StringVar(&f.config, "config", "", "training config file (YAML or JSON, the JSON names of train.Config), read on top of the defaults; flags given explicitly override it")
+		fs.IntVar(&f.vocab, "vocab", d.Model.Vocab, "vocabulary size (0: the dataset's)")
+		fs.IntVar(&f.layers, "layers", d.Model.Layers, "transformer blocks L")
+		fs.IntVar(&f.dim, "dim", d.Model.Dim, "hidden size d")
+		fs.IntVar(&f.heads, "heads", d.Model.Heads, "attention heads H")
+		fs.IntVar(&f.seqLen, "seq-len", d.Model.SeqLen, "sequence length N (0: the dataset's)")
+		fs.StringVar(&f.noise, "noise", d.Noise, "noise type: masked, low-uniform, balanced, high-uniform, uniform, or a mixing shift")
+		fs.StringVar(&f.optimizer, "optimizer", d.Optimizer, "optimizer: laprop or adamw")
+		fs.Float64Var(&f.lr, "lr", d.LR, "base learning rate η (bulk LR η/d, aux LR 0.02η)")
+		fs.IntVar(&f.warmup, "warmup", d.Warmup, "warmup steps")
+		fs.Float64Var(&f.cooldown, "cooldown", d.Cooldown, "cooldown: fraction of the steps (< 1) or a step count")
+		fs.IntVar(&f.steps, "steps", d.Steps, "training steps (optimizer updates)")
+		fs.IntVar(&f.batch, "batch", d.Batch, "global batch size in sequences (independent of the number of nodes)")
+		fs.IntVar(&f.micro, "micro-batch", d.MicroBatch, "sequences per forward/backward on a node (0: the global batch)")
+		fs.Uint64Var(&f.seed, "seed", d.Seed, "run seed: initialisation, data order and noise are pure functions of it")
+		fs.Float64Var(&f.promptP, "prompt-p", d.PPrompt, "share of sequences with a clean prompt (noise_mask_p_prompt)")
 	}
-	fs.StringVar(&f.data, "data", "", "dataset directory with manifest.json (from `trainer prepare`)")
+	fs.StringVar(&f.data, "data", "", "dataset directory with manifest.json (made by trainer prepare)")
 	fs.StringVar(&f.dataURL, "data-url", "", "HTTP(S) base URL serving manifest.json and the shards")
 	fs.StringVar(&f.dataPeer, "data-peer", "", "gRPC address of a node to stream shards from (joiners use a member when no data is given)")
 	fs.StringVar(&f.cacheDir, "cache-dir", "", "where downloaded shards are kept (default RUN_DIR/cache)")
@@ -105,6 +112,8 @@ func (f *runFlags) register(fs *pflag.FlagSet, join bool) {
 	fs.BoolVar(&f.ckptLocal, "checkpoint-local", false, "every node writes its own checkpoints (default: only the coordinator, for a shared volume)")
 	fs.StringVar(&f.runDir, "run-dir", "run", "run directory: metrics.jsonl, checkpoints, cache")
 	fs.DurationVar(&f.maxDuration, "max-duration", 0, "stop cleanly (with a checkpoint) after this long (0: no limit)")
+	fs.IntVar(&f.ckptMaxFailures, "checkpoint-max-failures", 3, "stop the run after this many checkpoint saves in a row have failed (each failure is retried at the next step)")
+	fs.IntVar(&f.maxBadSteps, "max-bad-steps", 0, "skip (do not apply) up to this many steps whose loss or gradient is not finite; the next one stops the run")
 
 	fs.StringVar(&f.device, "device", "auto", "compute device: cpu, cuda or auto")
 	fs.StringVar(&f.precision, "precision", "fp32", "GEMM precision on CUDA: fp32, tf32 or bf16")
@@ -119,6 +128,7 @@ func (f *runFlags) register(fs *pflag.FlagSet, join bool) {
 	fs.IntVar(&f.maxNodes, "max-nodes", 0, "most members a ring admits (0: no limit)")
 	f.security.Register(fs) // --cluster-key (or $DIFFTRAIN_CLUSTER_KEY), --cluster-key-file, --tls-*, --insecure
 	fs.DurationVar(&f.joinTimeout, "join-timeout", 2*time.Minute, "how long to retry reaching the seed")
+	fs.DurationVar(&f.rejoinWait, "rejoin-wait", 5*time.Second, "how long a starting seed looks for a running ring at --seed and the last ring's members (RUN_DIR/peers.json)")
 
 	fs.StringVar(&f.codec, "codec", "none", "gradient codec: none, bf16, bf16-zstd, int8 or powersgd")
 	fs.Float64Var(&f.bucketMB, "bucket-mb", 25, "gradient bucket size in MiB")
@@ -133,39 +143,43 @@ func (f *runFlags) register(fs *pflag.FlagSet, join bool) {
 	fs.StringVar(&f.sampleLog, "sample-log", "", "append \"step lo hi generation rank\" per ring member for every completed step: which global samples each member trained on")
 }
 
-// trainConfig builds the training config: the --config file if given, then
-// every flag that was set explicitly (or every flag without a file). A
-// vocabulary or sequence length left 0 is filled in from the dataset by the
-// node, which validates the result.
+// trainConfig builds the training config: train.Defaults, the --config file
+// decoded on top of them, then every flag that was set explicitly. The flag
+// defaults are train.Defaults, so without a file this is the flags' values.
+// A vocabulary or sequence length left 0 is filled in from the dataset by
+// the node, which validates the result.
 func (f *runFlags) trainConfig(cmd *cobra.Command) (train.Config, error) {
-	set := func(name string) bool { return f.config == "" || cmd.Flags().Changed(name) }
-	var c train.Config
+	c := train.Defaults()
 	if f.config != "" {
 		raw, err := os.ReadFile(f.config)
 		if err != nil {
 			return c, fmt.Errorf("--config: %w", err)
 		}
-		if err := yaml.UnmarshalStrict(raw, &c); err != nil {
+		if c, err = train.ParseConfig(raw, c); err != nil {
 			return c, fmt.Errorf("--config %s: %w", f.config, err)
 		}
-	} else {
-		c = train.Default(model.Default(0, f.layers, f.dim, f.heads, 0))
 	}
+	set := cmd.Flags().Changed
 	m := &c.Model
-	if set("layers") {
-		m.Layers = f.layers
+	for _, p := range []struct {
+		flag string
+		dst  *int
+		v    int
+	}{{"vocab", &m.Vocab, f.vocab}, {"seq-len", &m.SeqLen, f.seqLen}, {"layers", &m.Layers, f.layers},
+		{"dim", &m.Dim, f.dim}, {"heads", &m.Heads, f.heads}, {"warmup", &c.Warmup, f.warmup},
+		{"steps", &c.Steps, f.steps}, {"batch", &c.Batch, f.batch}, {"micro-batch", &c.MicroBatch, f.micro}} {
+		if set(p.flag) {
+			*p.dst = p.v
+		}
 	}
-	if set("dim") {
-		m.Dim = f.dim
-	}
-	if set("heads") {
-		m.Heads = f.heads
-	}
-	if f.vocab > 0 {
-		m.Vocab = f.vocab
-	}
-	if f.seqLen > 0 {
-		m.SeqLen = f.seqLen
+	for _, p := range []struct {
+		flag string
+		dst  *float64
+		v    float64
+	}{{"lr", &c.LR, f.lr}, {"cooldown", &c.Cooldown, f.cooldown}, {"prompt-p", &c.PPrompt, f.promptP}} {
+		if set(p.flag) {
+			*p.dst = p.v
+		}
 	}
 	if set("noise") {
 		c.Noise = f.noise
@@ -173,40 +187,21 @@ func (f *runFlags) trainConfig(cmd *cobra.Command) (train.Config, error) {
 	if set("optimizer") {
 		c.Optimizer = f.optimizer
 	}
-	if set("lr") {
-		c.LR = f.lr
-	}
-	if set("warmup") {
-		c.Warmup = f.warmup
-	}
-	if set("cooldown") {
-		c.Cooldown = f.cooldown
-	}
-	if set("steps") {
-		c.Steps = f.steps
-	}
-	if set("batch") {
-		c.Batch = f.batch
-	}
-	if set("micro-batch") || c.MicroBatch == 0 {
-		c.MicroBatch = f.micro
-	}
-	if c.MicroBatch == 0 {
-		c.MicroBatch = c.Batch
-	}
 	if set("seed") {
 		c.Seed = f.seed
 	}
-	if set("prompt-p") {
-		c.PPrompt = f.promptP
-	}
-	// Short runs: the default warmup shrinks to fit before the cooldown.
-	cool := int(c.Cooldown)
-	if c.Cooldown < 1 {
-		cool = int(c.Cooldown * float64(c.Steps))
-	}
-	if !set("warmup") || c.Warmup > c.Steps-cool {
-		c.Warmup = max(0, min(c.Warmup, c.Steps-cool))
-	}
+	c.Resolve()
 	return c, nil
+}
+
+// validate checks the flags and the training config, everything that needs
+// neither the data's contents nor the network, before the node binds a port
+// or creates a directory.
+func (f *runFlags) validate(o *node.Options) error {
+	if f.data != "" {
+		if _, err := os.Stat(filepath.Join(f.data, shard.ManifestName)); err != nil {
+			return fmt.Errorf("--data %s: no dataset there (make one with trainer prepare): %w", f.data, err)
+		}
+	}
+	return o.Validate()
 }

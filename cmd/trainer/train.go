@@ -11,6 +11,7 @@ import (
 	"syscall"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/difftrain/difftrain/cluster"
 	"github.com/difftrain/difftrain/compute/device"
@@ -68,6 +69,7 @@ func runNode(cmd *cobra.Command, f *runFlags, join bool) error {
 		Data:          dataset.Options{Dir: f.data, URL: f.dataURL, Peer: f.dataPeer, CacheDir: f.cacheDir},
 		CheckpointDir: f.ckptDir, CheckpointEvery: f.ckptEvery, Keep: f.keep, KeepEvery: int64(f.keepEvery),
 		Resume: f.resume, Force: f.force, CheckpointLocal: f.ckptLocal,
+		CheckpointMaxFailures: f.ckptMaxFailures, MaxBadSteps: f.maxBadSteps,
 		RunDir: f.runDir, MaxDuration: f.maxDuration,
 		GRPCListen: f.grpcAddr,
 		Codec:      f.codec, BucketBytes: int(f.bucketMB * (1 << 20)), AllreduceTimeout: f.allreduceTimeout,
@@ -86,15 +88,24 @@ func runNode(cmd *cobra.Command, f *runFlags, join bool) error {
 		return err
 	}
 	o.Cluster = cc
+	o.Explicit = map[string]string{}
+	cmd.Flags().Visit(func(fl *pflag.Flag) { o.Explicit[fl.Name] = fl.Value.String() })
+	o.RejoinWait = f.rejoinWait
 	if !join {
+		// A seed's --seed list is where it looks for a running ring to
+		// rejoin; it never waits for those members to answer.
+		o.Rejoin, o.Cluster.Seeds = f.seeds, nil
 		if f.data == "" && f.dataURL == "" && f.dataPeer == "" {
-			return fmt.Errorf("train needs a dataset: --data DIR (make one with `trainer prepare`), --data-url or --data-peer")
+			return fmt.Errorf("train needs a dataset: --data DIR (make one with trainer prepare), --data-url or --data-peer")
 		}
 		c, err := f.trainConfig(cmd)
 		if err != nil {
 			return err
 		}
 		o.Train = c
+	}
+	if err := f.validate(&o); err != nil { // flags.go: before a port or directory
+		return err
 	}
 	b, err := device.Open(f.device, f.precision, f.threads)
 	if err != nil {

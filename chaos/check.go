@@ -1,0 +1,238 @@
+package chaos
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"math"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/difftrain/difftrain/checkpoint"
+	"github.com/difftrain/difftrain/node"
+)
+
+// lastRecord returns the time and step of the last line of dir's
+// metrics.jsonl, reading only the file's end.
+func lastRecord(dir string) (time.Time, int64, bool) {
+	f, err := os.Open(filepath.Join(dir, "metrics.jsonl"))
+	if err != nil {
+		return time.Time{}, 0, false
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil || st.Size() == 0 {
+		return time.Time{}, 0, false
+	}
+	off := max(0, st.Size()-8192)
+	buf := make([]byte, st.Size()-off)
+	if _, err := f.ReadAt(buf, off); err != nil && err != io.EOF {
+		return time.Time{}, 0, false
+	}
+	lines := bytes.Split(bytes.TrimRight(buf, "\n"), []byte("\n"))
+	var r struct {
+		Time time.Time `json:"time"`
+		Step int64     `json:"step"`
+	}
+	if err := json.Unmarshal(lines[len(lines)-1], &r); err != nil {
+		return time.Time{}, 0, false
+	}
+	return r.Time, r.Step, true
+}
+
+// Result is what Check found.
+type Result struct {
+	Steps    int64 // last step trained
+	Records  int   // step records across all nodes
+	Compared int   // steps compared with the reference
+	Problems []string
+}
+
+// Check verifies the records of the node directories under dir (n0, n1, …)
+// as the package documentation says. ref, if not nil, holds the losses of an
+// undisturbed run; steps before firstChange are compared with it at rtol.
+func Check(dir string, batch int, ref map[int64]float64, firstChange int64, rtol float64) Result {
+	var res Result
+	bad := func(format string, args ...any) {
+		if len(res.Problems) < 50 {
+			res.Problems = append(res.Problems, fmt.Sprintf(format, args...))
+		}
+	}
+	dirs, _ := filepath.Glob(filepath.Join(dir, "n*"))
+	type seen struct {
+		gen  uint64
+		loss float64
+		node string
+	}
+	steps := map[int64]seen{}
+	for _, d := range dirs {
+		recs, err := node.ReadRecordsFile(filepath.Join(d, "metrics.jsonl"))
+		if err != nil {
+			bad("%s: %v", d, err)
+			continue
+		}
+		for _, r := range recs {
+			res.Records++
+			res.Steps = max(res.Steps, r.Step)
+			prev, ok := steps[r.Step]
+			switch {
+			case !ok:
+				steps[r.Step] = seen{r.Generation, r.Loss, filepath.Base(d)}
+			case prev.gen != r.Generation:
+				bad("step %d trained in generation %d (%s) and %d (%s)", r.Step, prev.gen, prev.node, r.Generation, filepath.Base(d))
+			case math.Float64bits(prev.loss) != math.Float64bits(r.Loss):
+				bad("step %d: loss %v on %s, %v on %s", r.Step, prev.loss, prev.node, r.Loss, filepath.Base(d))
+			}
+		}
+		if b, err := os.ReadFile(filepath.Join(d, "node.log")); err == nil && strings.Contains(string(b), "checksums differ") {
+			bad("%s: weight checksums differed", filepath.Base(d))
+		}
+	}
+	for s := int64(1); s <= res.Steps; s++ {
+		if _, ok := steps[s]; !ok {
+			bad("step %d has no record on any node", s)
+		}
+	}
+	for s, w := range ref {
+		if g, ok := steps[s]; ok && s < firstChange {
+			res.Compared++
+			if d := math.Abs(g.loss-w) / max(math.Abs(w), 1e-12); d > rtol {
+				bad("step %d: loss %.8g, undisturbed run %.8g (rel %.2g)", s, g.loss, w, d)
+			}
+		}
+	}
+	checkSamples(dirs, res.Steps, batch, bad)
+	checkFinal(dirs, bad)
+	return res
+}
+
+// checkSamples checks that the sample logs tile every step's global batch
+// exactly once: each completed step's split, logged by every member that
+// completed it, and no step in two generations.
+func checkSamples(dirs []string, last int64, batch int, bad func(string, ...any)) {
+	type key struct{ step, lo, hi, gen int64 }
+	seen := map[key]bool{}
+	ranges := map[int64][][2]int64{}
+	for _, d := range dirs {
+		f, err := os.Open(filepath.Join(d, "samples.log"))
+		if err != nil {
+			continue
+		}
+		sc := bufio.NewScanner(f)
+		for sc.Scan() {
+			var k key
+			var rank int64
+			if _, err := fmt.Sscan(sc.Text(), &k.step, &k.lo, &k.hi, &k.gen, &rank); err != nil {
+				bad("%s: sample log line %q: %v", d, sc.Text(), err)
+				break
+			}
+			if !seen[k] {
+				seen[k] = true
+				ranges[k.step] = append(ranges[k.step], [2]int64{k.lo, k.hi})
+			}
+		}
+		f.Close()
+	}
+	// Step s of the sample log is the update that the records call s+1.
+	for s := int64(0); s < last; s++ {
+		count := make([]int, batch)
+		for _, r := range ranges[s] {
+			for k := r[0]; k < r[1]; k++ {
+				if i := k - s*int64(batch); i >= 0 && i < int64(batch) {
+					count[i]++
+				} else {
+					bad("step %d: sample %d outside the step", s, k)
+				}
+			}
+		}
+		for i, c := range count {
+			if c != 1 {
+				bad("step %d: sample %d trained %d times", s, s*int64(batch)+int64(i), c)
+				break
+			}
+		}
+	}
+}
+
+// checkFinal loads the newest checkpoint of every node; at least one must
+// verify.
+func checkFinal(dirs []string, bad func(string, ...any)) {
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	var ok []string
+	for _, d := range dirs {
+		st, err := checkpoint.Resolve(filepath.Join(d, "checkpoints"), "auto", false, quiet)
+		if err == nil && st != nil {
+			ok = append(ok, fmt.Sprintf("%s@%d", filepath.Base(d), st.Step))
+		}
+	}
+	if len(ok) == 0 {
+		bad("no node has a checkpoint that loads")
+	}
+	slices.Sort(ok)
+}
+
+// Summary of recovery and rejoin times.
+type Summary struct {
+	Events, Coordinator, Seed, NewAddr, Conflicting, Refused int
+	RecoveryMedian, RecoveryMax                              time.Duration
+	CoordRecoveryMedian, CoordRecoveryMax                    time.Duration
+	RejoinMedian, RejoinMax                                  time.Duration
+}
+
+// Summarize computes the figures the closing note reports.
+func Summarize(evs []Event) Summary {
+	var s Summary
+	var rec, crec, rej []time.Duration
+	for _, e := range evs {
+		s.Events++
+		if e.Coordinator {
+			s.Coordinator++
+		}
+		if e.Seed {
+			s.Seed++
+		}
+		if e.NewAddr {
+			s.NewAddr++
+		}
+		if e.Conflicting {
+			s.Conflicting++
+			if e.Refused {
+				s.Refused++
+			}
+		}
+		if e.Recovery >= 0 {
+			rec = append(rec, e.Recovery)
+			if e.Coordinator {
+				crec = append(crec, e.Recovery)
+			}
+		}
+		if e.Rejoin >= 0 {
+			rej = append(rej, e.Rejoin)
+		}
+	}
+	s.RecoveryMedian, s.RecoveryMax = medMax(rec)
+	s.CoordRecoveryMedian, s.CoordRecoveryMax = medMax(crec)
+	s.RejoinMedian, s.RejoinMax = medMax(rej)
+	return s
+}
+
+func medMax(d []time.Duration) (time.Duration, time.Duration) {
+	if len(d) == 0 {
+		return -1, -1
+	}
+	slices.Sort(d)
+	return d[len(d)/2], d[len(d)-1]
+}
+
+func (s Summary) String() string {
+	r := func(d time.Duration) string { return d.Round(time.Millisecond).String() }
+	return fmt.Sprintf("%d events (%d of the coordinator/seed, %d restarts on a new address, %d conflicting joiners, %d refused): recovery median %s max %s (coordinator: median %s max %s); rejoin median %s max %s",
+		s.Events, s.Coordinator, s.NewAddr, s.Conflicting, s.Refused, r(s.RecoveryMedian), r(s.RecoveryMax),
+		r(s.CoordRecoveryMedian), r(s.CoordRecoveryMax), r(s.RejoinMedian), r(s.RejoinMax))
+}

@@ -1,0 +1,190 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+)
+
+// slowGossip makes memberlist's failure detector too slow to matter within
+// a test, so what a test sees comes from the protocol's own reactions.
+func slowGossip(c *Config) {
+	c.Timing.ProbeInterval = 20 * time.Second
+	c.Timing.ProbeTimeout = 10 * time.Second
+	c.Timing.SuspicionMult = 10
+}
+
+// TestProposalDoesNotWaitForStep: a member running a long step acknowledges
+// a proposal at once (the step cannot complete: BeginApply refuses it), so
+// a join never waits for a step, however long it computes.
+func TestProposalDoesNotWaitForStep(t *testing.T) {
+	h := newHarness(t, nil)
+	a := h.start("w", nil)
+	agree(t, settle, a)
+	// a's node starts step 0 and computes for longer than the RPC timeout
+	// (FastTiming: 2 s); it never calls AtStep again during the test.
+	if _, err := a.c.AtStep(context.Background(), 0); err != nil {
+		t.Fatal(err)
+	}
+	b := h.start("w", nil)
+	g := agree(t, settle, a, b) // without an immediate ack, every proposal times out
+	if g.Ring[g.Rank(a.c.Name())].Step != 0 {
+		t.Errorf("a acknowledged boundary %d, want 0 (its step is not complete)", g.Ring[g.Rank(a.c.Name())].Step)
+	}
+	if err := a.c.BeginApply(); !errors.Is(err, ErrInterrupted) {
+		t.Errorf("BeginApply after a promise: %v, want ErrInterrupted", err)
+	}
+}
+
+// TestApplyGateHoldsTheAck: a proposal that arrives while an update is
+// being applied is acknowledged with the boundary after it.
+func TestApplyGateHoldsTheAck(t *testing.T) {
+	h := newHarness(t, nil)
+	a := h.start("g", nil)
+	agree(t, settle, a)
+	if _, err := a.c.AtStep(context.Background(), 5); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.c.BeginApply(); err != nil {
+		t.Fatal(err)
+	}
+	b := h.start("g", nil)
+	time.Sleep(300 * time.Millisecond) // the proposal is waiting on the gate
+	a.c.Applied(6)
+	go a.c.AtStep(context.Background(), 6)
+	g := agree(t, settle, a, b)
+	if g.Start != 6 {
+		t.Errorf("generation starts at %d, want 6 (the applied step counts)", g.Start)
+	}
+}
+
+// TestMissedGenerationNeverTrainsAlone is the reported failure: a member
+// left out of the newest generation must not, when the others finish and
+// leave, form a ring of its own and train the run's steps a second time.
+// It learns that the run is done and its waits end with ErrRunDone.
+func TestMissedGenerationNeverTrainsAlone(t *testing.T) {
+	h := newHarness(t, nil)
+	long := func(c *Config) { c.Timing.Penalty = time.Hour } // stays excluded
+	nodes := []*testNode{h.start("m", long), h.start("m", long), h.start("m", long)}
+	g1 := agree(t, settle, nodes...)
+	coord := coordinatorOf(t, nodes...)
+	var left *testNode
+	var rest []*testNode
+	for _, n := range nodes {
+		if n != coord && left == nil {
+			left = n
+		} else {
+			rest = append(rest, n)
+		}
+	}
+	coord.c.ReportFailure(g1.ID, left.c.Name(), errors.New("no message within the deadline"))
+	agree(t, settle, rest...)
+	waitErr := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 3*settle)
+		defer cancel()
+		_, err := left.c.WaitGeneration(ctx, g1.ID)
+		waitErr <- err
+	}()
+	for _, n := range rest {
+		n.c.SetDone()
+	}
+	for _, n := range rest {
+		h.leave(n)
+	}
+	select {
+	case err := <-waitErr:
+		if !errors.Is(err, ErrRunDone) {
+			t.Fatalf("left-out member's wait: %v, want ErrRunDone", err)
+		}
+	case <-time.After(3 * settle):
+		t.Fatal("left-out member still waiting after the run finished")
+	}
+	left.c.mu.Lock()
+	mine := left.c.mine
+	left.c.mu.Unlock()
+	if mine != g1.ID {
+		t.Errorf("left-out member committed generation %d after %d", mine, g1.ID)
+	}
+	if _, err := left.c.AtStep(context.Background(), 0); !errors.Is(err, ErrRunDone) {
+		t.Errorf("AtStep after the run: %v, want ErrRunDone", err)
+	}
+}
+
+// TestNoBootWhenBehind: a member that knows of a newer generation than its
+// own never starts a ring alone, even when every member it knew left.
+func TestNoBootWhenBehind(t *testing.T) {
+	c := &Cluster{cur: Generation{ID: 5}, mine: 5, highest: 6}
+	if c.mayLead() {
+		t.Error("member behind generation 6 may boot")
+	}
+	c.highest = 5
+	if !c.mayLead() {
+		t.Error("member of the newest generation may not boot after the others left")
+	}
+	c.mine = 4
+	if c.mayLead() {
+		t.Error("member that missed the current generation may boot")
+	}
+	c = &Cluster{}
+	if !c.mayLead() {
+		t.Error("first generation refused")
+	}
+	c.doneBy = "x"
+	if c.mayLead() {
+		t.Error("boot after the run is done")
+	}
+}
+
+// TestCoordinatorFailoverWithoutGossip: when the coordinator crashes, the
+// members whose report to it fails suspect it and the next member forms a
+// ring at once, without waiting for gossip to declare it dead (here it
+// never does within the test).
+func TestCoordinatorFailoverWithoutGossip(t *testing.T) {
+	h := newHarness(t, nil)
+	nodes := []*testNode{h.start("f", slowGossip), h.start("f", slowGossip), h.start("f", slowGossip)}
+	g1 := agree(t, settle, nodes...)
+	coord := coordinatorOf(t, nodes...)
+	var rest []*testNode
+	for _, n := range nodes {
+		if n != coord {
+			rest = append(rest, n)
+		}
+	}
+	h.kill(coord)
+	for _, n := range rest {
+		n.c.ReportFailure(g1.ID, coord.c.Name(), errors.New("connection reset"))
+	}
+	g2 := agree(t, settle, rest...)
+	if g2.Has(coord.c.Name()) {
+		t.Fatalf("ring after the coordinator crashed: %v", g2)
+	}
+	alive := false
+	for _, m := range rest[0].c.Members() {
+		alive = alive || m.Name == coord.c.Name()
+	}
+	if !alive {
+		t.Log("gossip already dropped the dead coordinator; the test proved less than it could")
+	}
+}
+
+// TestPenaltyGrows: a member that fails again and again is kept out longer
+// each time, up to ten times the penalty when blamed for failed steps.
+func TestPenaltyGrows(t *testing.T) {
+	c := &Cluster{cfg: Config{Timing: Timing{Penalty: 16 * time.Second}}, strikes: map[string]strike{}}
+	var last time.Duration
+	for i := 0; i < 12; i++ {
+		d := c.penaltyFor("x", true)
+		if i < 6 && d <= last {
+			t.Errorf("strike %d: penalty %v not above %v", i+1, d, last)
+		}
+		if d > 10*16*time.Second*5/4 {
+			t.Errorf("strike %d: penalty %v above the cap", i+1, d)
+		}
+		last = d
+	}
+	if d := c.penaltyFor("y", false); d > 2*time.Second {
+		t.Errorf("first failure of a candidate: penalty %v, want about a second", d)
+	}
+}
