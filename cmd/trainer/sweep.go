@@ -196,7 +196,13 @@ func runSweepPlan(cmd *cobra.Command, f *sweepPlanFlags, dir string) error {
 	if err != nil {
 		return err
 	}
-	m := &sweep.Manifest{Created: time.Now().UTC(), Data: f.data, Vocab: vocab, SeqLen: p.SeqLen, Laws: p.Laws, Runs: runs,
+	data := f.data
+	if data != "" {
+		if data, err = filepath.Abs(data); err != nil {
+			return fmt.Errorf("sweep plan --data: %w", err)
+		}
+	}
+	m := &sweep.Manifest{Created: time.Now().UTC(), Data: data, Vocab: vocab, SeqLen: p.SeqLen, Laws: p.Laws, Runs: runs,
 		TokensPerS: map[string]float64{}}
 	for _, s := range p.Shapes {
 		tps := f.tokensPerS
