@@ -1,6 +1,7 @@
 package dataset
 
 import (
+	"fmt"
 	"log/slog"
 	"strings"
 )
@@ -113,6 +114,19 @@ func assignFormats(files []inputFile, format string) []inputFile {
 		out = append(out, f)
 	}
 	return assignSplits(out)
+}
+
+// checkTokensField refuses a tokens field for input that is not Parquet.
+func checkTokensField(files []inputFile, field string) error {
+	if field == "" {
+		return nil
+	}
+	for _, f := range files {
+		if f.format != FormatParquet {
+			return fmt.Errorf("%s: --tokens-field %q reads Parquet columns, and this is %s input", f.path, field, f.format)
+		}
+	}
+	return nil
 }
 
 // assignSplits applies the Hugging Face split layout, directory by

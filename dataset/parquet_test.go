@@ -310,6 +310,8 @@ func TestPrepareParquetBadInput(t *testing.T) {
 		{"id beyond the vocabulary", PrepareOptions{Inputs: []string{bigIDPath}, TokensField: "input_ids"},
 			[]string{"bigid.parquet", "row group 1", "row 77", "token id 300", "[0, 260)"}},
 		{"negative id", PrepareOptions{Inputs: []string{negIDPath}, TokensField: "input_ids"}, []string{"negid.parquet", "row 3", "token id -1"}},
+		{"tokens field on JSONL", PrepareOptions{Inputs: []string{writeFile(t, filepath.Join(dir, "a.jsonl"), []byte("{\"text\": \"x\"}\n"))}, TokensField: "ids"},
+			[]string{"a.jsonl", "--tokens-field", "jsonl input"}},
 		{"corrupt footer", PrepareOptions{Inputs: []string{footer}}, []string{"footer.parquet"}},
 		{"corrupt page", PrepareOptions{Inputs: []string{pagePath}}, []string{"page.parquet", "row group 2"}},
 		{"not parquet", PrepareOptions{Inputs: []string{notPQ}}, []string{"text.parquet"}},

@@ -112,6 +112,9 @@ func Prepare(ctx context.Context, o PrepareOptions) (*PrepareStats, error) {
 		return nil, fmt.Errorf("prepare: %w", err)
 	}
 	files = assignFormats(files, o.Format)
+	if err := checkTokensField(files, o.TokensField); err != nil {
+		return nil, fmt.Errorf("prepare: %w", err)
+	}
 	if len(files) == 0 {
 		return nil, fmt.Errorf("prepare: no input files in %s", strings.Join(o.Inputs, ", "))
 	}
