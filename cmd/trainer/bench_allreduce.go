@@ -76,7 +76,7 @@ Times are the max over members of each call (after a barrier), median of the rep
 	fl.StringVar(&f.mpi, "mpi", "", "path of a built mpi_allreduce (shared/bench) to run with mpirun in the same run, loopback only")
 	fl.IntVar(&f.tcpMiB, "tcp-mib", 256, "MiB sent per raw TCP measurement")
 	fl.DurationVar(&f.deadline, "deadline", 30*time.Second, "allreduce deadline for a silent peer")
-	fl.BoolVar(&f.checksum, "checksum", false, "CRC-32C every message, as `trainer train --allreduce-checksum`")
+	fl.BoolVar(&f.checksum, "checksum", false, "CRC-32C every message, as trainer train --allreduce-checksum")
 	benchCmd.AddCommand(cmd)
 
 	worker := &cobra.Command{

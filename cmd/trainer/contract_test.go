@@ -24,7 +24,6 @@ import (
 	"github.com/spf13/pflag"
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
-	"sigs.k8s.io/yaml"
 
 	"github.com/difftrain/difftrain/cluster"
 	"github.com/difftrain/difftrain/dataset"
@@ -217,8 +216,9 @@ func checkRunFlags(t *testing.T, name string, fs *pflag.FlagSet, job *batchv1.Jo
 }
 
 // checkConfig checks that --config names a file of a mounted ConfigMap that
-// decodes strictly into a valid train.Config once the dataset's vocabulary
-// and sequence length are filled in.
+// decodes strictly, on top of train.Defaults as the trainer reads it, into a
+// valid train.Config once the dataset's vocabulary and sequence length are
+// filled in.
 func checkConfig(t *testing.T, fs *pflag.FlagSet, job *batchv1.Job, c *corev1.Container, o *k8s.Objects, seqLen int) {
 	t.Helper()
 	file, _ := fs.GetString("config")
@@ -236,10 +236,11 @@ func checkConfig(t *testing.T, fs *pflag.FlagSet, job *batchv1.Job, c *corev1.Co
 	if !ok {
 		t.Fatalf("--config %s: ConfigMap %s has no key %q", file, cm.Name, rel)
 	}
-	var cfg train.Config
-	if err := yaml.UnmarshalStrict([]byte(raw), &cfg); err != nil {
+	cfg, err := train.ParseConfig([]byte(raw), train.Defaults()) // as the trainer reads it
+	if err != nil {
 		t.Fatalf("--config %s: %v", file, err)
 	}
+	cfg.Resolve()
 	if cfg.Model.Vocab == 0 {
 		cfg.Model.Vocab = dataset.BytesVocab
 	}
