@@ -77,3 +77,26 @@ func FuzzParse(f *testing.F) {
 		_ = tok.Decode(nil, ids)
 	})
 }
+
+// FuzzParseIDs checks that ParseIDs never panics and returns only ids
+// inside the vocabulary, which FormatIDs writes back as it read them.
+func FuzzParseIDs(f *testing.F) {
+	for _, s := range []string{"", "0 1 2", " 5\n6\t7 ", "-1", "99999999999", "1x", "259 260"} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, in []byte) {
+		ids, err := ParseIDs(in, 260)
+		if err != nil {
+			return
+		}
+		for _, id := range ids {
+			if id < 0 || id >= 260 {
+				t.Fatalf("%q: id %d outside the vocabulary", in, id)
+			}
+		}
+		again, err := ParseIDs(FormatIDs(nil, ids), 260)
+		if err != nil || len(again) != len(ids) {
+			t.Fatalf("%q: formatted ids do not parse back: %v", in, err)
+		}
+	})
+}

@@ -73,8 +73,19 @@ func NewTrainer(o TrainOptions) (*Trainer, error) {
 // Add counts the words of one document.
 func (tr *Trainer) Add(text []byte) {
 	local := map[string]int64{}
-	e := encoder{t: tr.pipe, word: func(w []byte) { local[string(w)]++ }}
+	e := encoder{t: tr.pipe, word: func(w []byte) {
+		local[string(w)]++
+		if len(local) >= tr.o.MaxWords/4+1 { // a long document: bound its table too
+			tr.merge(local)
+			clear(local)
+		}
+	}}
 	tr.pipe.rawMatch.split(text, e.token, e.normalize)
+	tr.merge(local)
+}
+
+// merge adds a document's counts to the table, pruning it when full.
+func (tr *Trainer) merge(local map[string]int64) {
 	tr.mu.Lock()
 	defer tr.mu.Unlock()
 	for w, c := range local {

@@ -2,6 +2,7 @@ package tokenizer
 
 import (
 	"bytes"
+	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
@@ -76,6 +77,15 @@ func TestTrainBoundedWords(t *testing.T) {
 	kept, dropped := tr.Words()
 	if kept > 100 || dropped == 0 {
 		t.Fatalf("kept %d words, dropped %d: want at most 100 kept", kept, dropped)
+	}
+	// One long document is bounded too.
+	var long []byte
+	for i := range 3000 {
+		long = fmt.Appendf(long, "w%c%c%c ", 'a'+i%26, 'a'+i/26%26, 'a'+i/676%26)
+	}
+	tr.Add(long)
+	if kept, _ := tr.Words(); kept > 100 {
+		t.Fatalf("kept %d words after a long document, want at most 100", kept)
 	}
 	out, err := tr.Finish()
 	if err != nil {
