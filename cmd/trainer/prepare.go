@@ -19,6 +19,7 @@ var prepareFlags struct {
 	seqLen      int
 	format      string
 	field       string
+	tokensField string
 	tokenizer   string
 	valFraction float64
 	shardMB     float64
@@ -31,8 +32,9 @@ var prepareFlags struct {
 
 var prepareCmd = &cobra.Command{
 	Use:   "prepare",
-	Short: "Tokenize text or JSONL into Arrow token shards",
-	Long: `prepare turns text files, directories of them, or JSONL files into a dataset of
+	Short: "Tokenize text, JSONL or Parquet into Arrow token shards",
+	Long: `prepare turns text files, directories of them, JSONL files (also .gz, .zst) or
+Parquet files (a file, a directory, a Hugging Face dataset folder) into a dataset of
 Arrow token shards: byte-level tokens (BOS=0 EOS=1 PAD=2 MASK=3, byte b = 4+b),
 documents packed into sequences of --seq-len tokens with an EOS between them
 (gidd-spec.md §8.4), a held-out validation split chosen per document, shards of
@@ -41,7 +43,14 @@ give byte-identical output; an interrupted run leaves no dataset a reader would
 accept, and running it again completes it.
 
 With no --input, the corpus is the Go standard library source of the installed
-toolchain ($(go env GOROOT)/src, *.go outside testdata: about 88 MB).`,
+toolchain ($(go env GOROOT)/src, *.go outside testdata: about 88 MB).
+
+Parquet is streamed row group by row group in record batches of about 1 MiB.
+--field names a string or binary column; --tokens-field reads a column of
+integer lists (already tokenized documents), each id checked against the
+vocabulary. Null rows are skipped and counted. In a Hugging Face dataset
+folder (data/train-*.parquet, data/validation-*.parquet) the validation files
+make the val split instead of --val-fraction, and test files are not read.`,
 	Args: cobra.NoArgs,
 	RunE: runPrepare,
 }
@@ -51,8 +60,9 @@ func init() {
 	f.StringSliceVar(&prepareFlags.inputs, "input", nil, "input files or directories (repeatable; default: the Go standard library source)")
 	f.StringVar(&prepareFlags.out, "out", "data", "output dataset directory")
 	f.IntVar(&prepareFlags.seqLen, "seq-len", 256, "tokens per training sequence")
-	f.StringVar(&prepareFlags.format, "format", "text", "input format: text (a file is a document) or jsonl (a line is a document)")
-	f.StringVar(&prepareFlags.field, "field", "text", "JSONL field holding the document text")
+	f.StringVar(&prepareFlags.format, "format", "auto", "input format: auto (by file name: .parquet, .jsonl[.gz|.zst], else text), text (a file is a document), jsonl (a line is a document) or parquet (a row is a document)")
+	f.StringVar(&prepareFlags.field, "field", "text", "JSONL field or Parquet column holding the document text")
+	f.StringVar(&prepareFlags.tokensField, "tokens-field", "", "Parquet column of already tokenized documents (lists of integer ids), read instead of --field")
 	f.StringVar(&prepareFlags.tokenizer, "tokenizer", "", "Hugging Face tokenizer.json, or a directory holding one, with ids 0-3 BOS/EOS/PAD/MASK (default: byte-level tokens); copied beside the shards")
 	f.Float64Var(&prepareFlags.valFraction, "val-fraction", 0.01, "share of documents held out as the validation split")
 	f.Float64Var(&prepareFlags.shardMB, "shard-mb", 64, "target shard size in MiB")
@@ -67,7 +77,7 @@ func init() {
 func runPrepare(cmd *cobra.Command, _ []string) error {
 	pf := prepareFlags
 	o := dataset.PrepareOptions{
-		Inputs: pf.inputs, Out: pf.out, Format: pf.format, Field: pf.field, SeqLen: pf.seqLen,
+		Inputs: pf.inputs, Out: pf.out, Format: pf.format, Field: pf.field, TokensField: pf.tokensField, SeqLen: pf.seqLen,
 		ValFraction: pf.valFraction, ShardMB: pf.shardMB, MaxMB: pf.maxMB,
 		Ext: pf.ext, SkipDirs: pf.skipDirs, Workers: pf.workers,
 	}
@@ -108,7 +118,7 @@ func runPrepare(cmd *cobra.Command, _ []string) error {
 	el := time.Since(start)
 	m := st.Manifest
 	slog.Info("prepare: done",
-		"out", pf.out, "files", st.Files, "binary_skipped", st.Binary, "capped", st.MaxMBCapped,
+		"out", pf.out, "files", st.Files, "binary_skipped", st.Binary, "null_rows_skipped", st.Nulls, "capped", st.MaxMBCapped,
 		"docs_train", st.Documents[dataset.SplitTrain], "docs_val", st.Documents[dataset.SplitVal],
 		"seqs_train", st.Sequences[dataset.SplitTrain], "seqs_val", st.Sequences[dataset.SplitVal],
 		"shards", len(m.Shards), "tokens", st.Tokens,
