@@ -111,7 +111,7 @@ type Attn struct {
 func AttnSavedLen(b, n, h int) int { return 2 * b * h * n * (n + 1) }
 
 // LossParamStride is the number of per-token floats in Loss.Params.
-const LossParamStride = 5
+const LossParamStride = 6
 
 // Per-token entries of Loss.Params, each row LossParamStride floats.
 const (
@@ -120,6 +120,9 @@ const (
 	LPWTrain           // training weight w_tr (already clipped)
 	LPWElbo            // ELBO weight w_el (already clipped)
 	LPGradScale        // d objective / d loss_tok (0 for clean tokens)
+	// LPNoiseRate is 1−α(λ) = σ(−λ), computed in float64 before rounding: near
+	// λ = 9, 1 − float32(α) loses up to 5e-4 of its value.
+	LPNoiseRate
 )
 
 // LossOutStride is the number of per-token floats the loss writes to Loss.Out.
@@ -139,7 +142,8 @@ const (
 //
 //	ℓ_m ← −1e6; x̂ = softmax(ℓ)
 //	π(v) = a/(V−1) for v ≠ m, 1−a for v = m
-//	q = α·e_x + (1−α)·π;  p = α·x̂ + (1−α)·π;  logs are safe_log (floor at the
+//	q = α·e_x + (1−α)·π;  p = α·x̂ + (1−α)·π, with 1−α read from LPNoiseRate;
+//	logs are safe_log (floor at the
 //	smallest normal float32, so exact zeros give log = −87.3365)
 //	KL = Σ_v q(v)(log q(v) − log p(v))
 //	IS = q(z)/(p(z)+1e−12) − (log q(z) − log p(z)) − 1

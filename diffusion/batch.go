@@ -139,7 +139,7 @@ func (c Config) Prepare(rng RNG, index []uint64, clean []int32, n int, divisor f
 }
 
 // Params fills one row of compute.Loss.Params for a token: α(λ), a(λ),
-// w_tr, w_el and gradScale = LossScale·noiseMask/divisor.
+// w_tr, w_el, gradScale = LossScale·noiseMask/divisor and 1−α(λ).
 func (c Config) Params(dst []float32, l float64, z, x int, noiseMask int32, divisor float64) {
 	l = float64(float32(l))
 	_, _, wTr, wEl := c.Noise.Weights(l, z, x)
@@ -148,6 +148,7 @@ func (c Config) Params(dst []float32, l float64, z, x int, noiseMask int32, divi
 	dst[compute.LPWTrain] = float32(wTr)
 	dst[compute.LPWElbo] = float32(wEl)
 	dst[compute.LPGradScale] = float32(c.LossScale * float64(noiseMask) / divisor)
+	dst[compute.LPNoiseRate] = float32(c.Schedule.NoiseRate(l))
 }
 
 // sampleMarginal draws z ~ q_λ(·|x) = α·e_x + (1−α)·π_λ as the reference does

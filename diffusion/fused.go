@@ -32,6 +32,7 @@ func RefFused(logits []float32, labels, noisy []int32, params []float32, V, mask
 		}
 		row := params[t*compute.LossParamStride:]
 		alpha, a := float64(row[compute.LPAlpha]), float64(row[compute.LPUniform])
+		oma := float64(row[compute.LPNoiseRate]) // 1 − α, exact near λ = Max
 		wTr, wEl := float64(row[compute.LPWTrain]), float64(row[compute.LPWElbo])
 		for v, f := range logits[t*V : (t+1)*V] {
 			l64[v] = float64(f)
@@ -42,8 +43,8 @@ func RefFused(logits []float32, labels, noisy []int32, params []float32, V, mask
 			if v == maskID {
 				pi = 1 - a
 			}
-			q[v] = (1 - alpha) * pi
-			p[v] = alpha*xhat[v] + (1-alpha)*pi
+			q[v] = oma * pi
+			p[v] = alpha*xhat[v] + oma*pi
 		}
 		q[x] += alpha
 		var kl float64

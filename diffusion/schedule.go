@@ -37,6 +37,10 @@ func (s Schedule) LogSNR(t float64) float64 {
 	return s.Clip(SafeLog(1-t) - SafeLog(t))
 }
 
+// NoiseRate is 1 − α(λ) = σ(−clip(λ)), without the cancellation of 1 − α
+// near λ = Max.
+func (s Schedule) NoiseRate(l float64) float64 { return Sigmoid(-s.Clip(l)) }
+
 // Time is t(λ) = 1 − σ(clip(λ)).
 func (s Schedule) Time(l float64) float64 { return 1 - s.Alpha(l) }
 

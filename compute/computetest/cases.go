@@ -286,7 +286,8 @@ func lossInputs(e *env, T, V, m int) (logits []float32, labels, noisy []int32, p
 		z := []int{m, x, e.rng.IntN(V)}[t%3]
 		labels[t], noisy[t] = int32(x), int32(z)
 		p := params[t*compute.LossParamStride:]
-		p[compute.LPAlpha] = float32(0.05 + 0.9*e.rng.Float64())
+		alpha := 0.05 + 0.9*e.rng.Float64()
+		p[compute.LPAlpha], p[compute.LPNoiseRate] = float32(alpha), float32(1-alpha)
 		p[compute.LPUniform] = uni[(t/3)%len(uni)]
 		p[compute.LPWTrain] = float32(0.1 + 2*e.rng.Float64())
 		p[compute.LPWElbo] = float32(0.1 + 10*e.rng.Float64())

@@ -45,6 +45,7 @@ func Run(t *testing.T, newBackend func(t *testing.T) compute.Backend) {
 		})
 	}
 	t.Run("LossExamples", func(t *testing.T) { testLossExamples(t, fresh(t, newBackend)) })
+	t.Run("LossNearClip", func(t *testing.T) { testLossNearClip(t, fresh(t, newBackend)) })
 	t.Run("LaPropTrace", func(t *testing.T) { testLaPropTrace(t, fresh(t, newBackend)) })
 	t.Run("Errors", func(t *testing.T) { testErrors(t, newBackend) })
 }

@@ -107,7 +107,7 @@ func testLossExamples(t *testing.T, be compute.Backend) {
 			logits = append(logits, 2, 1, 0, 5)
 			noisy[t] = int32(ex.z)
 			p := params[t*compute.LossParamStride:]
-			p[compute.LPAlpha], p[compute.LPUniform] = float32(ex.alpha), float32(ex.a)
+			p[compute.LPAlpha], p[compute.LPUniform], p[compute.LPNoiseRate] = float32(ex.alpha), float32(ex.a), float32(1-ex.alpha)
 			p[compute.LPWTrain], p[compute.LPWElbo], p[compute.LPGradScale] = float32(w[0]), float32(w[1]), 1
 		}
 	}
@@ -241,4 +241,57 @@ func testErrors(t *testing.T, newBackend func(t *testing.T) compute.Backend) {
 			}
 		})
 	}
+}
+
+// testLossNearClip checks the loss of tokens at λ near ±9, where α is within
+// 1.3e-4 of 1 or 0, against a float64 reference computed from λ itself:
+// α = σ(λ) and 1−α = σ(−λ) exactly, every other input as the backend sees
+// it. Params carry 1−α rounded on its own (compute.LPNoiseRate), as
+// diffusion.Config.Params writes it; 1 − float32(α) used to cost up to
+// 6e-5 of the loss.
+func testLossNearClip(t *testing.T, be compute.Backend) {
+	e := newEnv(t, be, "LossNearClip")
+	const V, m = 16, 3
+	lambdas := []float64{9, 8.9999, 8.93, 8.5, -9, -8.9999, -8.6}
+	T := 2 * len(lambdas)
+	logits := e.rnd(T*V, 3)
+	labels, noisy := make([]int32, T), make([]int32, T)
+	params := make([]float32, T*compute.LossParamStride)
+	sig := func(x float64) float64 { return 1 / (1 + math.Exp(-x)) }
+	for k := range T {
+		l := lambdas[k%len(lambdas)]
+		x := 5 + k%7
+		z := []int{x, m, 9}[k%3]
+		labels[k], noisy[k] = int32(x), int32(z)
+		p := params[k*compute.LossParamStride:]
+		p[compute.LPAlpha], p[compute.LPNoiseRate] = float32(sig(l)), float32(sig(-l))
+		p[compute.LPUniform] = []float32{0, 0.5}[k/len(lambdas)]
+		p[compute.LPWTrain], p[compute.LPWElbo], p[compute.LPGradScale] = 1.25, 0.75, 1
+	}
+	l := compute.Loss{T: T, V: V, MaskID: m, BetaIS: 1, Logits: e.up(logits), Labels: e.upI(labels),
+		Noisy: e.upI(noisy), Params: e.up(params), Out: e.nan(T * compute.LossOutStride)}
+	be.GIDDLoss(l)
+	out := e.down(l.Out)
+	if err := be.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	worst := 0.0
+	for k := range T {
+		lam := lambdas[k%len(lambdas)]
+		p := f64(params[k*compute.LossParamStride : (k+1)*compute.LossParamStride])
+		p[compute.LPAlpha], p[compute.LPNoiseRate] = sig(lam), sig(-lam)
+		r := refLoss(f64(logits[k*V:(k+1)*V]), int(labels[k]), int(noisy[k]), m, p, 1)
+		o := out[k*compute.LossOutStride:]
+		for _, c := range []struct {
+			name      string
+			got, want float64
+		}{{"loss", o[compute.LOLoss], r.loss}, {"elbo", o[compute.LOElbo], r.elbo}} {
+			rel := math.Abs(c.got-c.want) / math.Max(math.Abs(c.want), 1e-30)
+			worst = max(worst, rel)
+			if rel > 2e-6 {
+				t.Errorf("λ %g token %d: %s %.9g, float64 reference %.9g (relative error %.2g, want ≤ 2e-6)", lam, k, c.name, c.got, c.want, rel)
+			}
+		}
+	}
+	t.Logf("worst relative error near λ = ±9: %.2g", worst)
 }

@@ -165,6 +165,7 @@ func safeLog(x float64) float64 { return math.Log(max(x, safeFloor)) }
 func refLoss(lg []float64, x, z, m int, p []float64, betaIS float64) lossTok {
 	V := len(lg)
 	alpha, a, wtr, wel := p[compute.LPAlpha], p[compute.LPUniform], p[compute.LPWTrain], p[compute.LPWElbo]
+	oma := p[compute.LPNoiseRate]
 	l := append([]float64(nil), lg...)
 	l[m] = -1e6
 	mx := math.Inf(-1)
@@ -182,13 +183,13 @@ func refLoss(lg []float64, x, z, m int, p []float64, betaIS float64) lossTok {
 		return a / float64(V-1)
 	}
 	q := func(v int) float64 {
-		r := (1 - alpha) * pi(v)
+		r := oma * pi(v)
 		if v == x {
 			r += alpha
 		}
 		return r
 	}
-	p_ := func(v int) float64 { return alpha*math.Exp(l[v]-mx)/z0 + (1-alpha)*pi(v) }
+	p_ := func(v int) float64 { return alpha*math.Exp(l[v]-mx)/z0 + oma*pi(v) }
 	kl := 0.0
 	for v := range V {
 		if qv := q(v); qv > 0 {

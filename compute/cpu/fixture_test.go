@@ -55,6 +55,7 @@ func newFixture(tb testing.TB, b *Backend, batch, n, d, heads, V int) *fixture {
 	for t := range T {
 		p := b.F32(fx.params)[t*compute.LossParamStride:]
 		p[compute.LPAlpha], p[compute.LPUniform], p[compute.LPWTrain], p[compute.LPWElbo], p[compute.LPGradScale] = 0.5, 0.5, 1, 4, 1
+		p[compute.LPNoiseRate] = 0.5
 	}
 	fx.m, fx.v = f(d*fx.f, 0), f(d*fx.f, 0)
 	noise := ids(2)

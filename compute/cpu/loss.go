@@ -31,6 +31,9 @@ func (j *lossJob) run(w, lo, hi int) {
 // row with GradScale·d loss/d logits. ex and g are scratch rows. Exponentials
 // are float32 (exp32); everything else is float64.
 //
+// 1−α is the Params entry LPNoiseRate, not 1 − float32(α), which near
+// λ = 9 keeps only three significant digits.
+//
 // Every v outside S = {x, m} has the same q(v) = c = (1−α)·a/(V−1), so
 // Σ_{v∉S} q log q is one term, and Σ_{v∉S} c·log p(v) needs one log per
 // token (logAcc). The few entries of S (and z) are handled one by one.
@@ -40,6 +43,7 @@ func (j *lossJob) token(t int, ex []float32, g []float64) {
 	lg := j.logits[t*V : (t+1)*V]
 	pr := j.params[t*compute.LossParamStride : (t+1)*compute.LossParamStride]
 	alpha, a := float64(pr[compute.LPAlpha]), float64(pr[compute.LPUniform])
+	oma := float64(pr[compute.LPNoiseRate]) // 1 − α, exact near λ = Max
 	wtr, wel := float64(pr[compute.LPWTrain]), float64(pr[compute.LPWElbo])
 	x, z := int(j.labels[t]), int(j.noisy[t])
 	beta := float64(l.BetaIS)
@@ -57,8 +61,8 @@ func (j *lossJob) token(t int, ex []float32, g []float64) {
 	lg[m] = lm
 	inv := 1 / sum
 	piU := a / float64(V-1)
-	c := (1 - alpha) * piU // q(v) for v ∉ S
-	ga := wtr * alpha      // d loss/d x̂ = ga · d/dp
+	c := oma * piU    // q(v) for v ∉ S
+	ga := wtr * alpha // d loss/d x̂ = ga · d/dp
 
 	// v ∉ S: KL part −c·log p(v), gradient −c/p(v).
 	var acc logAcc
@@ -70,7 +74,7 @@ func (j *lossJob) token(t int, ex []float32, g []float64) {
 		if c == 0 || v == x || v == m {
 			continue
 		}
-		pv := alpha*xv + (1-alpha)*piU
+		pv := alpha*xv + oma*piU
 		if pv > floor {
 			g[v] = -ga * c / pv
 			gdot += xv * g[v]
@@ -90,14 +94,14 @@ func (j *lossJob) token(t int, ex []float32, g []float64) {
 	xhat := func(v int) float64 { return float64(ex[v]) * inv }
 	p := func(v int) float64 {
 		if v == m {
-			return alpha*xhat(v) + (1-alpha)*(1-a)
+			return alpha*xhat(v) + oma*(1-a)
 		}
-		return alpha*xhat(v) + (1-alpha)*piU
+		return alpha*xhat(v) + oma*piU
 	}
 	q := func(v int) float64 {
 		r := c
 		if v == m {
-			r = (1 - alpha) * (1 - a)
+			r = oma * (1 - a)
 		}
 		if v == x {
 			r += alpha

@@ -405,7 +405,8 @@ func TestParityLossVocab50304(t *testing.T) {
 			noisy[t] = int32(p.rng.IntN(V))
 		}
 		row := params[t*compute.LossParamStride:]
-		row[compute.LPAlpha] = float32(p.rng.Float64())
+		alpha := p.rng.Float64()
+		row[compute.LPAlpha], row[compute.LPNoiseRate] = float32(alpha), float32(1-alpha)
 		row[compute.LPUniform] = float32(p.rng.Float64())
 		row[compute.LPWTrain] = float32(p.rng.Float64() * 2)
 		row[compute.LPWElbo] = float32(p.rng.Float64() * 10)

@@ -342,8 +342,10 @@ extern "C" __global__ void k_gidd_loss(float *logits, const int *labels, const i
                                        float *out, int V, int mask, float beta_is, int grad) {
 	long long t = blockIdx.x;
 	float *l = logits + t * V;
-	const float *pr = params + t * 5;
-	float alpha = pr[0], a = pr[1], wtr = pr[2], wel = pr[3], gs = pr[4];
+	const float *pr = params + t * 6; // compute.LossParamStride
+	// 1 - alpha comes from the host (pr[5], compute.LPNoiseRate): 1.0f - alpha
+	// keeps three digits near lambda = 9.
+	float alpha = pr[0], a = pr[1], wtr = pr[2], wel = pr[3], gs = pr[4], oma = pr[5];
 	int x = labels[t], z = noisy[t];
 	float piu = a / (float)(V - 1), pim = 1.0f - a;
 
@@ -359,8 +361,8 @@ extern "C" __global__ void k_gidd_loss(float *logits, const int *labels, const i
 	float lz = z == mask ? -1e6f : l[z];
 	float xz = expf(lz - mx) * invz;
 	float piz = z == mask ? pim : piu;
-	float qz = (1.0f - alpha) * piz + (z == x ? alpha : 0.0f);
-	float pz = alpha * xz + (1.0f - alpha) * piz;
+	float qz = oma * piz + (z == x ? alpha : 0.0f);
+	float pz = alpha * xz + oma * piz;
 	float is = qz / (pz + 1e-12f) - (safe_log(qz) - safe_log(pz)) - 1.0f;
 	float dis = -qz / ((pz + 1e-12f) * (pz + 1e-12f)) + (pz > FLT_MIN_NORMAL ? 1.0f / pz : 0.0f);
 
@@ -368,8 +370,8 @@ extern "C" __global__ void k_gidd_loss(float *logits, const int *labels, const i
 	for (int v = threadIdx.x; v < V; v += blockDim.x) {
 		float xh = expf((v == mask ? -1e6f : l[v]) - mx) * invz;
 		float pi = v == mask ? pim : piu;
-		float q = (1.0f - alpha) * pi + (v == x ? alpha : 0.0f);
-		float p = alpha * xh + (1.0f - alpha) * pi;
+		float q = oma * pi + (v == x ? alpha : 0.0f);
+		float p = alpha * xh + oma * pi;
 		kl += (double)(q * (safe_log(q) - safe_log(p)));
 		if (grad) {
 			float gp = p > FLT_MIN_NORMAL ? -q / p : 0.0f;
@@ -397,8 +399,8 @@ extern "C" __global__ void k_gidd_loss(float *logits, const int *labels, const i
 		}
 		float xh = expf(l[v] - mx) * invz;
 		float pi = piu;
-		float q = (1.0f - alpha) * pi + (v == x ? alpha : 0.0f);
-		float p = alpha * xh + (1.0f - alpha) * pi;
+		float q = oma * pi + (v == x ? alpha : 0.0f);
+		float p = alpha * xh + oma * pi;
 		float gp = p > FLT_MIN_NORMAL ? -q / p : 0.0f;
 		if (v == z) gp += beta_is * dis;
 		l[v] = gs * xh * (alpha * wtr * gp - dotf);
