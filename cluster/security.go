@@ -162,8 +162,8 @@ func (s *Security) loadTLS(f TLSFiles) error {
 	return nil
 }
 
-// Listener is an address a node listens on or announces to peers, named by
-// the flag that set it, for CheckExposure.
+// Listener is an address a node listens on, announces to peers or joins
+// (a seed), named by the flag that set it, for CheckExposure.
 type Listener struct {
 	Flag   string // e.g. "--bind", for messages
 	Addr   string // host:port; empty: not used. An empty host is every interface.
@@ -236,7 +236,7 @@ func CheckExposure(ls []Listener, sec *Security, insecure bool, log *slog.Logger
 		if sec != nil {
 			why = "with TLS but no cluster key (gossip is encrypted only by the key)"
 		}
-		return fmt.Errorf("%s would be reachable from other machines %s: set %s or --cluster-key-file on every node, or pass --insecure to run unprotected",
+		return fmt.Errorf("%s: beyond this machine %s: set %s or --cluster-key-file on every node, or pass --insecure to run unprotected",
 			describe(bad), why, EnvKey)
 	}
 	if log == nil {

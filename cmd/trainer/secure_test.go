@@ -23,12 +23,12 @@ import (
 	"github.com/difftrain/difftrain/k8s"
 )
 
-// parsedRunFlags returns the flags of `trainer train` after parsing args.
+// parsedRunFlags returns the flags of `trainer join` after parsing args.
 func parsedRunFlags(t *testing.T, args ...string) *runFlags {
 	t.Helper()
 	f := &runFlags{}
-	fs := pflag.NewFlagSet("train", pflag.ContinueOnError)
-	f.register(fs, false)
+	fs := pflag.NewFlagSet("join", pflag.ContinueOnError)
+	f.register(fs, true)
 	if err := fs.Parse(args); err != nil {
 		t.Fatal(err)
 	}
@@ -58,6 +58,9 @@ func TestSecureAddrs(t *testing.T) {
 		{"explicit gRPC without a key", []string{"--grpc", "10.0.0.2:7947"}, nil, "", "--grpc", 0},
 		{"explicit metrics without a key", []string{"--metrics-addr", "0.0.0.0:9090"}, nil, "", "--metrics-addr", 0},
 		{"advertise beyond loopback without a key", []string{"--advertise", "10.0.0.2:7946"}, nil, "", "--advertise", 0},
+		{"a seed on another machine without a key", []string{"--seed", "10.0.0.1:7946"}, nil, "", "member 10.0.0.1:7946", 0},
+		{"a seed on this machine", []string{"--seed", "127.0.0.1:7946"}, nil, "127.0.0.1", "", 0},
+		{"a seed on another machine with a key", []string{"--seed", "10.0.0.1:7946"}, key, "0.0.0.0", "", 0},
 		{"insecure", []string{"--insecure", "--bind", "0.0.0.0:7946"}, nil, "0.0.0.0", "", 1},
 		{"insecure defaults", []string{"--insecure"}, nil, "0.0.0.0", "", 1},
 		{"loopback needs no key", []string{"--bind", "127.0.0.1:7946", "--grpc", "127.0.0.1:7947", "--metrics-addr", "localhost:9090"}, nil, "", "", 0},
