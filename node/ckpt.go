@@ -102,7 +102,7 @@ func (n *Node) restoreCheckpoint(st *checkpoint.State) error {
 // and returns its error. A failed save is counted (see afterStep); weights
 // that are not finite are never saved and stop the run.
 func (n *Node) save(final bool) error {
-	if n.ckpt == nil || !(n.opt.CheckpointLocal || n.cl.IsCoordinator()) {
+	if n.ckpt == nil || !n.writes(final) {
 		return nil
 	}
 	t0 := time.Now()
@@ -128,6 +128,17 @@ func (n *Node) save(final bool) error {
 		}
 	}
 	return nil
+}
+
+// writes reports whether this node writes checkpoints: every node with
+// --checkpoint-local, else the coordinator. The final save is the current
+// generation's coordinator's: a node that announced the run done is no
+// longer electable, so the live view names no coordinator then.
+func (n *Node) writes(final bool) bool {
+	if n.opt.CheckpointLocal || n.cl.IsCoordinator() {
+		return true
+	}
+	return final && n.cl.Current().Coordinator == n.cl.Name()
 }
 
 // finiteState reports the first tensor of st with a NaN or infinite value.
@@ -234,7 +245,7 @@ func (n *Node) afterStep() error {
 			return err
 		}
 	}
-	writer := n.ckpt != nil && (n.opt.CheckpointLocal || n.cl.IsCoordinator())
+	writer := n.ckpt != nil && n.writes(false)
 	if writer && every > 0 && n.step-saved >= 3*every && n.step-h.warned >= every {
 		h.warned = n.step
 		n.log.Warn("no checkpoint saved for a long time", "step", n.step, "newest_saved", saved, "checkpoint_every", every)

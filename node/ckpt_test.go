@@ -123,3 +123,15 @@ func checkGauges(t *testing.T, reg *prometheus.Registry, want map[string]float64
 		}
 	}
 }
+
+// A finished run leaves its final checkpoint, also when the run is over
+// for the whole cluster (the node announced the run done before saving).
+func TestFinalCheckpointIsSaved(t *testing.T) {
+	dir := t.TempDir()
+	if err := runAlone(t, dir, 6, func(o *Options) { o.CheckpointEvery = 0 }); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := checkpoint.Load(filepath.Join(dir, "checkpoints", checkpoint.StepDir(6))); err != nil {
+		t.Fatalf("final checkpoint: %v", err)
+	}
+}
