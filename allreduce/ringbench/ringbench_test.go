@@ -51,6 +51,7 @@ func TestWorkers(t *testing.T) {
 		fmt.Fprintf(p.in, "%s\n", b)
 	}
 	for range allreduce.Codecs {
+		var h0 uint64
 		for i, p := range ps {
 			if !p.out.Scan() {
 				t.Fatalf("worker %d stopped early", i)
@@ -61,6 +62,11 @@ func TestWorkers(t *testing.T) {
 			}
 			if r.Err != "" || !r.OK || len(r.Times) != 2 || r.Wire == 0 {
 				t.Errorf("worker %d: %+v", i, r)
+			}
+			if i == 0 {
+				h0 = r.Hash
+			} else if r.Hash != h0 {
+				t.Errorf("%s: worker %d holds a result with hash %x, worker 0 %x", r.Codec, i, r.Hash, h0)
 			}
 		}
 	}

@@ -31,6 +31,7 @@ import (
 	"github.com/difftrain/difftrain/allreduce"
 	"github.com/difftrain/difftrain/allreduce/netns"
 	"github.com/difftrain/difftrain/allreduce/ringbench"
+	"github.com/difftrain/difftrain/model"
 	"github.com/spf13/cobra"
 )
 
@@ -47,6 +48,9 @@ type arBenchFlags struct {
 	tcpMiB    int
 	deadline  time.Duration
 	checksum  bool
+	// A model's gradient instead of --sizes (layers > 0), and PowerSGD's rank.
+	vocab, layers, dim, heads int
+	psgdRank                  int
 }
 
 func init() {
@@ -60,7 +64,9 @@ each size with each codec and prints the median time, algbw = bytes/time, busbw 
 algbw*2(n-1)/n (as nccl-tests define it), bytes on the wire per member, and the raw
 single-connection TCP throughput between two of the same processes as the ceiling.
 Times are the max over members of each call (after a barrier), median of the reps
-(default max(3, min(20, 512/MiB)), as in mpi_allreduce.c).`,
+(default max(3, min(20, 512/MiB)), as in mpi_allreduce.c). With --layers the buffer
+is the gradient of that model (--dim, --heads, --vocab) and wire_MiB its bytes on
+the wire per member per step.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error { return runARBench(cmd.Context(), f) },
 	}
@@ -76,7 +82,12 @@ Times are the max over members of each call (after a barrier), median of the rep
 	fl.StringVar(&f.mpi, "mpi", "", "path of a built mpi_allreduce (shared/bench) to run with mpirun in the same run, loopback only")
 	fl.IntVar(&f.tcpMiB, "tcp-mib", 256, "MiB sent per raw TCP measurement")
 	fl.DurationVar(&f.deadline, "deadline", 30*time.Second, "allreduce deadline for a silent peer")
-	fl.BoolVar(&f.checksum, "checksum", false, "CRC-32C every message, as trainer train --allreduce-checksum")
+	fl.BoolVar(&f.checksum, "checksum", false, "CRC-32C every message, as `trainer train --allreduce-checksum`")
+	fl.IntVar(&f.layers, "layers", 0, "reduce the gradient of a model with this many layers instead of --sizes (its tensor shapes go to powersgd)")
+	fl.IntVar(&f.dim, "dim", 512, "with --layers: hidden size")
+	fl.IntVar(&f.heads, "heads", 8, "with --layers: attention heads")
+	fl.IntVar(&f.vocab, "vocab", 260, "with --layers: vocabulary size")
+	fl.IntVar(&f.psgdRank, "powersgd-rank", 4, "rank of codec powersgd (with --sizes it sees a buffer as 1024x1024 matrices)")
 	benchCmd.AddCommand(cmd)
 
 	worker := &cobra.Command{
@@ -270,6 +281,13 @@ func runARBench(ctx context.Context, f arBenchFlags) error {
 			return fmt.Errorf("--sizes: %d MiB out of range 1..4096", s)
 		}
 	}
+	if f.psgdRank < 1 {
+		return fmt.Errorf("--powersgd-rank %d: want at least 1", f.psgdRank)
+	}
+	sizes, err := arSizes(f)
+	if err != nil {
+		return err
+	}
 	for _, w := range f.worlds {
 		if w < 1 || w > 64 {
 			return fmt.Errorf("--world: %d out of range 1..64", w)
@@ -303,36 +321,42 @@ func runARBench(ctx context.Context, f arBenchFlags) error {
 	fmt.Printf("# bus/ring = busbw / the raw TCP ring (each process sending to its right neighbour while\n")
 	fmt.Printf("#   receiving from its left, as the ring does, no reduction): the ceiling when processes share cores;\n")
 	fmt.Printf("# wire/fp32 = bytes a member sent / 2(n-1)/n*size; speedup = time(none)/time(codec)\n")
+	fmt.Printf("# check: sampled sums within the codec's bound (powersgd: none) and every member holding the same result\n")
+	if slices.Contains(f.codecs, allreduce.CodecPowerSGD) {
+		shapes := "each MiB size as 1024x1024 matrices, the rest a vector"
+		if f.layers > 0 {
+			shapes = "the model's tensors"
+		}
+		fmt.Printf("# powersgd: rank %d, %s\n", f.psgdRank, shapes)
+	}
 	for _, n := range f.worlds {
 		fmt.Printf("%5s %6s %-10s %4s %10s %10s %10s %8s %9s %10s %8s %8s %5s\n",
 			"world", "MiB", "codec", "reps", "median_ms", "algbw", "busbw", "bus/tcp", "bus/ring", "wire_MiB", "wire/fp32", "speedup", "check")
-		tcps := map[int]float64{}
-		for _, mib := range f.sizes {
+		for _, sz := range sizes {
+			mib := sz.label
 			// The machine is shared and its load changes by the minute:
 			// measure the ceiling next to each size's runs.
 			tcp, err := measureTCP(e, f.tcpMiB)
 			if err != nil {
 				return fmt.Errorf("raw TCP ceiling: %w", err)
 			}
-			tcps[mib] = tcp
-			fmt.Printf("# world %d, %d MiB: raw TCP, one connection between two processes (%s), %d MiB x 3: median %.3f GB/s\n",
+			fmt.Printf("# world %d, %s MiB: raw TCP, one connection between two processes (%s), %d MiB x 3: median %.3f GB/s\n",
 				n, mib, where, f.tcpMiB, tcp)
 			ringTCP := math.NaN()
 			if n > 1 {
 				if ringTCP, err = measureRing(e, n, f.tcpMiB); err != nil {
 					return fmt.Errorf("raw TCP ring: %w", err)
 				}
-				fmt.Printf("# world %d, %d MiB: raw TCP ring of %d processes, %d MiB sent by each x 3: median %.3f GB/s per process\n",
+				fmt.Printf("# world %d, %s MiB: raw TCP ring of %d processes, %d MiB sent by each x 3: median %.3f GB/s per process\n",
 					n, mib, n, f.tcpMiB, ringTCP)
 			}
-			var base float64 // none's median time
-			one := f
-			one.sizes = []int{mib}
-			err = runWorld(e, n, one, func(r arRow) {
+			var base float64               // none's median time
+			var noneWire, psgdWire float64 // bytes a member sent per call
+			err = runWorld(e, n, f, sz, func(r arRow) {
 				if r.codec == allreduce.CodecNone {
 					base = r.med
 				}
-				bytes := float64(r.mib) * (1 << 20)
+				bytes := sz.bytes()
 				alg := bytes / r.med / 1e9
 				bus := alg * 2 * float64(n-1) / float64(n)
 				ideal := bytes * 2 * float64(n-1) / float64(n) // fp32 bytes a member sends
@@ -347,20 +371,68 @@ func runARBench(ctx context.Context, f arBenchFlags) error {
 				if !r.ok {
 					check = "FAIL"
 				}
-				fmt.Printf("%5d %6d %-10s %4d %10.2f %10.3f %10.3f %8.2f %9.2f %10.1f %8s %8s %5s\n",
-					n, r.mib, r.codec, r.reps, r.med*1e3, alg, bus, bus/tcp, bus/ringTCP, r.wire/(1<<20), ratio, speed, check)
+				switch r.codec {
+				case allreduce.CodecNone:
+					noneWire = r.wire
+				case allreduce.CodecPowerSGD:
+					psgdWire = r.wire
+				}
+				fmt.Printf("%5d %6s %-10s %4d %10.2f %10.3f %10.3f %8.2f %9.2f %10.1f %8s %8s %5s\n",
+					n, mib, r.codec, r.reps, r.med*1e3, alg, bus, bus/tcp, bus/ringTCP, r.wire/(1<<20), ratio, speed, check)
 			})
 			if err != nil {
 				return fmt.Errorf("world %d: %w", n, err)
 			}
-			if f.mpi != "" {
-				if err := runMPI(f.mpi, n, mib, tcp, ringTCP); err != nil {
+			if noneWire > 0 && psgdWire > 0 {
+				fmt.Printf("# world %d, %s MiB: powersgd rank %d puts %.1fx fewer bytes on the wire than none (%.2f MiB against %.2f per member per step)\n",
+					n, mib, f.psgdRank, noneWire/psgdWire, psgdWire/(1<<20), noneWire/(1<<20))
+			}
+			if f.mpi != "" && sz.mib > 0 {
+				if err := runMPI(f.mpi, n, sz.mib, tcp, ringTCP); err != nil {
 					return fmt.Errorf("mpi world %d: %w", n, err)
 				}
 			}
 		}
 	}
 	return nil
+}
+
+// arSize is one buffer the benchmark reduces: mib MiB of fp32 (--sizes), or
+// the elems of a model's gradient with its tensors (--layers).
+type arSize struct {
+	label   string
+	mib     int
+	elems   int
+	tensors []allreduce.Tensor
+}
+
+func (s arSize) bytes() float64 {
+	if s.elems > 0 {
+		return 4 * float64(s.elems)
+	}
+	return float64(s.mib) * (1 << 20)
+}
+
+// arSizes returns the buffers of a run.
+func arSizes(f arBenchFlags) ([]arSize, error) {
+	if f.layers <= 0 {
+		var out []arSize
+		for _, m := range f.sizes {
+			out = append(out, arSize{label: strconv.Itoa(m), mib: m})
+		}
+		return out, nil
+	}
+	c := model.Default(f.vocab, f.layers, f.dim, f.heads, 128)
+	if err := c.Validate(); err != nil {
+		return nil, fmt.Errorf("--layers %d --dim %d --heads %d --vocab %d: %w", f.layers, f.dim, f.heads, f.vocab, err)
+	}
+	s := arSize{label: fmt.Sprintf("L%d-d%d", f.layers, f.dim)}
+	for _, t := range model.Layout(c) {
+		s.tensors = append(s.tensors, allreduce.Tensor{Off: t.Offset, Rows: t.Shape[0], Cols: t.Size / t.Shape[0]})
+		s.elems = t.Offset + t.Size
+	}
+	s.label = fmt.Sprintf("%s=%.1f", s.label, s.bytes()/(1<<20))
+	return []arSize{s}, nil
 }
 
 type arRow struct {
@@ -374,7 +446,7 @@ type arRow struct {
 
 // runWorld starts n workers, hands them the plan and passes on each result
 // as it comes.
-func runWorld(e env, n int, f arBenchFlags, emit func(arRow)) error {
+func runWorld(e env, n int, f arBenchFlags, sz arSize, emit func(arRow)) error {
 	procs, members, err := startMembers(n, func(i int) *exec.Cmd {
 		return e.command(i, "bench", "allreduce-worker", "--listen", e.host(i)+":0")
 	})
@@ -383,14 +455,15 @@ func runWorld(e env, n int, f arBenchFlags, emit func(arRow)) error {
 	}
 	defer stopAll(procs)
 	for i, p := range procs {
-		plan := ringbench.Plan{Members: members, Rank: i, Sizes: f.sizes, Codecs: f.codecs, Reps: f.reps,
-			BucketMiB: f.bucketMiB, ChunkKiB: f.chunkKiB, Deadline: f.deadline, Checksum: f.checksum}
+		plan := ringbench.Plan{Members: members, Rank: i, Sizes: []int{sz.mib}, Codecs: f.codecs, Reps: f.reps,
+			BucketMiB: f.bucketMiB, ChunkKiB: f.chunkKiB, Deadline: f.deadline, Checksum: f.checksum,
+			Elems: sz.elems, Tensors: sz.tensors, PowerSGDRank: f.psgdRank}
 		b, _ := json.Marshal(plan)
 		if _, err := fmt.Fprintf(p.in, "%s\n", b); err != nil {
 			return fmt.Errorf("worker %d: send plan: %w", i, err)
 		}
 	}
-	for range len(f.sizes) * len(f.codecs) {
+	for range len(f.codecs) {
 		results := make([]ringbench.Result, n)
 		errs := make([]error, n)
 		var wg sync.WaitGroup
@@ -422,7 +495,7 @@ func runWorld(e env, n int, f arBenchFlags, emit func(arRow)) error {
 				times[k] = max(times[k], t)
 			}
 			r.wire += float64(res.Wire) / float64(n)
-			r.ok = r.ok && res.OK
+			r.ok = r.ok && res.OK && res.Hash == results[0].Hash
 		}
 		r.med = median(times)
 		emit(r)

@@ -45,6 +45,32 @@ func TestBenchAllreduce(t *testing.T) {
 		t.Errorf("missing codec rows in:\n%s", text)
 	}
 
+	// A model's gradient: powersgd gets its tensor shapes, and the run
+	// reports how many fewer bytes it sent than none.
+	cmd = exec.Command(bin, "bench", "allreduce", "--world", "2", "--layers", "1", "--dim", "64", "--heads", "2",
+		"--codecs", "none,powersgd", "--reps", "2", "--tcp-mib", "8")
+	stderr.Reset()
+	cmd.Stderr = &stderr
+	if out, err = cmd.Output(); err != nil {
+		t.Fatalf("bench allreduce --layers: %v\n%s%s", err, out, stderr.String())
+	}
+	text = string(out)
+	if !strings.Contains(text, "fewer bytes on the wire than none") {
+		t.Errorf("no bytes comparison in:\n%s", text)
+	}
+	n := 0
+	for l := range strings.SplitSeq(text, "\n") {
+		if fs := strings.Fields(l); len(fs) == 13 && fs[0] == "2" {
+			n++
+			if !strings.HasPrefix(fs[1], "L1-d64=") || fs[len(fs)-1] != "ok" {
+				t.Errorf("row: %s", l)
+			}
+		}
+	}
+	if n != 2 {
+		t.Errorf("%d rows, want none and powersgd:\n%s", n, text)
+	}
+
 	bad := exec.Command(bin, "bench", "allreduce", "--codecs", "zip")
 	if out, err := bad.CombinedOutput(); err == nil || !strings.Contains(string(out), `unknown codec "zip"`) {
 		t.Errorf("unknown codec: err %v, output %s", err, out)
