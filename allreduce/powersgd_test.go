@@ -423,3 +423,77 @@ func TestPowerSGDFewerBytes(t *testing.T) {
 		t.Errorf("none sent %d bytes, powersgd %d: only %.1f× fewer", sent[CodecNone], sent[CodecPowerSGD], r)
 	}
 }
+
+// TestPowerSGDTrainsLikeSum: plain SGD on a least-squares problem, each of
+// three members holding its own data, reaches about the loss of exact sums
+// when its gradients go through rank-2 PowerSGD: error feedback makes up for
+// what each step's approximation leaves out.
+func TestPowerSGDTrainsLikeSum(t *testing.T) {
+	const rows, cols, per, world, steps = 24, 16, 64, 3, 300
+	shapes := []Tensor{{Off: 0, Rows: rows, Cols: cols}}
+	rng := rand.New(rand.NewPCG(1, 2))
+	truth := make([]float64, rows*cols)
+	for i := range truth {
+		truth[i] = rng.NormFloat64()
+	}
+	// Member m's samples: x (rows) → y = xᵀ·truth + noise (cols).
+	xs := make([][]float64, world*per)
+	ys := make([][]float64, world*per)
+	for s := range xs {
+		xs[s], ys[s] = make([]float64, rows), make([]float64, cols)
+		for i := range xs[s] {
+			xs[s][i] = rng.NormFloat64()
+		}
+		for j := range cols {
+			for i := range rows {
+				ys[s][j] += xs[s][i] * truth[i*cols+j]
+			}
+			ys[s][j] += 0.1 * rng.NormFloat64()
+		}
+	}
+	loss := func(w []float32, grads [][]float32) float64 {
+		var l float64
+		for s := range xs {
+			m := s / per
+			for j := range cols {
+				var p float64
+				for i := range rows {
+					p += xs[s][i] * float64(w[i*cols+j])
+				}
+				d := p - ys[s][j]
+				l += d * d / float64(len(xs))
+				if grads != nil {
+					for i := range rows {
+						grads[m][i*cols+j] += float32(2 * d * xs[s][i] / float64(len(xs)))
+					}
+				}
+			}
+		}
+		return l
+	}
+	final := map[string]float64{}
+	for _, codec := range []string{CodecNone, CodecPowerSGD} {
+		c := newInmemCluster(t, world, rows*cols, Config{Codec: codec, Tensors: shapes, PowerSGDRank: 2})
+		w := make([]float32, rows*cols)
+		for step := range uint64(steps) {
+			grads := make([][]float32, world)
+			for m := range grads {
+				grads[m] = make([]float32, rows*cols)
+			}
+			loss(w, grads)
+			for i, err := range c.allreduce(1, step, grads) {
+				if err != nil {
+					t.Fatalf("%s step %d member %d: %v", codec, step, i, err)
+				}
+			}
+			for i := range w {
+				w[i] -= 0.05 * grads[0][i]
+			}
+		}
+		final[codec] = loss(w, nil)
+	}
+	t.Logf("loss after %d steps: none %.5f, powersgd rank 2 %.5f", steps, final[CodecNone], final[CodecPowerSGD])
+	if final[CodecPowerSGD] > 1.1*final[CodecNone] {
+		t.Errorf("powersgd loss %.5f, exact sums %.5f", final[CodecPowerSGD], final[CodecNone])
+	}
+}
