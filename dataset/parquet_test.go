@@ -476,3 +476,23 @@ func FuzzParquet(f *testing.F) {
 		o.readParquet(context.Background(), inputFile{path: "fuzz.parquet", format: FormatParquet}, bytes.NewReader(data), func() int64 { return 0 }, st, send, left)
 	})
 }
+
+// TestParquetCodecBounds: a compressed block that claims more than its
+// page is refused before it is decoded.
+func TestParquetCodecBounds(t *testing.T) {
+	plain := bytes.Repeat([]byte("page data "), 1000)
+	for _, c := range []compress.Compression{compress.Codecs.Snappy, compress.Codecs.Zstd} {
+		codec, err := compress.GetCodec(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		block := codec.Encode(nil, plain)
+		out, err := compress.Decode(codec, make([]byte, len(plain)), block)
+		if err != nil || !bytes.Equal(out, plain) {
+			t.Fatalf("%s: a good block: %v", c, err)
+		}
+		if _, err := compress.Decode(codec, make([]byte, 100), block); err == nil || !strings.Contains(err.Error(), "its page holds 100") {
+			t.Fatalf("%s: a block larger than its page: %v", c, err)
+		}
+	}
+}
