@@ -102,6 +102,9 @@ func plotRun(run, out string, o plotOptions) ([]string, error) {
 		return nil, fmt.Errorf("plot: %s: %w", path, err)
 	}
 	recs = lastPerStep(recs)
+	// Steps refused for a non-finite loss were not applied; their NaNs
+	// (null in the file) have no place on a chart.
+	recs = slices.DeleteFunc(recs, func(r node.Record) bool { return r.Skipped })
 	if len(recs) == 0 {
 		return nil, fmt.Errorf("plot: %s has no records yet (a record is written after each step)", path)
 	}
