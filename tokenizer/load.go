@@ -277,7 +277,7 @@ func (t *Tokenizer) parsePreTokenizer(raw json.RawMessage) error {
 		}
 		sc, ok := scannerFor(pat)
 		if !ok {
-			return fmt.Errorf("Split regex %q is not supported (known: the GPT-2, cl100k/Llama-3 and gidd-spec §8.1 patterns)", pat)
+			return fmt.Errorf("Split regex %q is not supported (known: the GPT-2, cl100k/Llama-3, Qwen2 and gidd-spec §8.1 patterns)", pat)
 		}
 		if c.Behavior != "Isolated" || c.Invert {
 			return fmt.Errorf("Split behavior %q invert=%v is not supported (only Isolated, not inverted)", c.Behavior, c.Invert)

@@ -13,6 +13,8 @@ const (
 	PatternGPT2 = `'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+`
 	// PatternCL100K is tiktoken's cl100k_base split, also Llama 3's.
 	PatternCL100K = `(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+`
+	// PatternQwen2 is Qwen2's split: cl100k's with single digits.
+	PatternQwen2 = `(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+`
 	// PatternPaper is the split of gidd-spec.md §8.1 as this package reads
 	// it: letters with an optional leading non-letter, groups of one to
 	// three digits, punctuation runs, newlines, spaces. It is the cl100k
@@ -24,6 +26,7 @@ const (
 type scanner struct {
 	contractions int  // 0 none, 1 case-sensitive, 2 case-insensitive
 	llama        bool // cl100k-style letters, digits, punctuation and newlines
+	digits       int  // llama: most digits in a piece
 }
 
 func scannerFor(pattern string) (scanner, bool) {
@@ -31,9 +34,11 @@ func scannerFor(pattern string) (scanner, bool) {
 	case PatternGPT2:
 		return scanner{contractions: 1}, true
 	case PatternCL100K:
-		return scanner{contractions: 2, llama: true}, true
+		return scanner{contractions: 2, llama: true, digits: 3}, true
+	case PatternQwen2:
+		return scanner{contractions: 2, llama: true, digits: 1}, true
 	case PatternPaper:
-		return scanner{llama: true}, true
+		return scanner{llama: true, digits: 3}, true
 	}
 	return scanner{}, false
 }
@@ -138,9 +143,9 @@ func (sc scanner) match(s []byte, i int) int {
 		n, _ := run(s, i+n0, clLetter, 0)
 		return n0 + n
 	}
-	// \p{N}{1,3}
+	// \p{N}{1,3}, or \p{N}
 	if c0 == clNumber {
-		n, _ := run(s, i, clNumber, 3)
+		n, _ := run(s, i, clNumber, sc.digits)
 		return n
 	}
 	// ' ?[^\s\p{L}\p{N}]+[\r\n]*'

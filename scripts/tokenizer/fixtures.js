@@ -6,7 +6,7 @@
 //   mkdir -p /tmp/hftok && (cd /tmp/hftok && npm install tokenizers@0.23)
 //   NODE_PATH=/tmp/hftok/node_modules node scripts/tokenizer/fixtures.js tokenizer/testdata
 //
-// For each style (gpt2, gpt2-prefix, llama3, paper) it trains a BPE on
+// For each style (gpt2, gpt2-prefix, llama3, qwen2, paper) it trains a BPE on
 // testdata/corpus.txt with that style's normalizer and pre-tokenizer, using
 // the library's trainer, keeps the first merges, lays out the vocabulary
 // (specials, the 256 byte-level symbols, then the merges in training
@@ -30,6 +30,7 @@ if (!out) throw new Error('usage: fixtures.js OUTDIR');
 
 const PAT_GPT2 = "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+";
 const PAT_CL100K = "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
+const PAT_QWEN2 = "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
 const PAT_PAPER = "[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
 
 const byteLevel = (prefix, regex) => ({ type: 'ByteLevel', add_prefix_space: prefix, trim_offsets: true, use_regex: regex });
@@ -73,6 +74,13 @@ const styles = {
     tail: (n) => ['<|begin_of_text|>', '<|end_of_text|>', '<|reserved_special_token_0|>', '<|start_header_id|>', '<|end_header_id|>', '<|eot_id|>']
       .map((s, i) => tok(n + i, s, true)),
     post: (n) => ({ type: 'Sequence', processors: [byteLevel(true, false), template(['<|begin_of_text|>', '$A'], [['<|begin_of_text|>', n]])] }),
+  },
+  qwen2: {
+    merges: 1500, normalizer: { type: 'NFC' }, ignore_merges: false,
+    pre: { type: 'Sequence', pretokenizers: [split(PAT_QWEN2), byteLevel(false, false)] },
+    head: [],
+    tail: (n) => ['<|endoftext|>', '<|im_start|>', '<|im_end|>'].map((s, i) => tok(n + i, s, true)),
+    post: byteLevel(false, false),
   },
   paper: {
     merges: 1200, normalizer: { type: 'NFC' }, ignore_merges: false,
