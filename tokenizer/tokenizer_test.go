@@ -12,6 +12,7 @@ import (
 
 type expectFile struct {
 	Tokenizer string `json:"tokenizer"`
+	Vocab     int    `json:"vocab"`
 	Library   string `json:"library"`
 	Cases     []struct {
 		Name       string   `json:"name"`
@@ -48,6 +49,9 @@ func TestMatchesHuggingFace(t *testing.T) {
 			tok, e := loadExpect(t, name)
 			if len(e.Cases) < 20 {
 				t.Fatalf("only %d cases", len(e.Cases))
+			}
+			if tok.Vocab() != e.Vocab {
+				t.Errorf("vocabulary %d, the library says %d", tok.Vocab(), e.Vocab)
 			}
 			for _, c := range e.Cases {
 				text, err := hex.DecodeString(c.Hex)

@@ -235,7 +235,7 @@ async function expect(name, j) {
     if (k !== bad.length) throw new Error(`${cname}: ${bad.length} invalid bytes, ${k} placed`);
     cases.push({ name: cname, hex: buf.toString('hex'), ids, ids_special: null, decoded_hex: null });
   }
-  fs.writeFileSync(path.join(out, `${name}.expect.json`), JSON.stringify({ tokenizer: `${name}.json`, library: 'tokenizers ' + require('tokenizers/package.json').version, cases }, null, 0) + '\n');
+  fs.writeFileSync(path.join(out, `${name}.expect.json`), JSON.stringify({ tokenizer: `${name}.json`, vocab: t.getVocabSize(true), library: 'tokenizers ' + require('tokenizers/package.json').version, cases }, null, 0) + '\n');
 }
 
 (async () => {
