@@ -67,7 +67,8 @@ type Surface struct {
 	BetaLo  float64 `json:"beta_lo"`
 	BetaHi  float64 `json:"beta_hi"`
 	// MExp is the compute-optimal M* ∝ C^(β/(α+β)) the surface implies.
-	MExp float64 `json:"M_exp"`
+	MExp      float64 `json:"M_exp"`
+	Resamples int     `json:"resamples"` // bootstrap resamples behind the intervals
 }
 
 // At evaluates the surface.
@@ -92,14 +93,19 @@ type NoiseFit struct {
 type FitOptions struct {
 	Bootstrap        int     // resamples for the power laws in C (the paper's 10,000)
 	SurfaceBootstrap int     // resamples for the 2-D surface
-	Delta            float64 // Huber δ on log residuals (Chinchilla's 1e-3)
-	Seed             uint64
+	Delta            float64 // Huber δ on log-loss residuals of the surface (Chinchilla's 1e-3)
+	// LawDelta is the Huber δ of the power laws through the optima. With a
+	// handful of optima, a δ far below their scatter makes the fit an L1
+	// fit whose minimum is flat and whose answer depends on where the
+	// optimizer stops; 0.1 (10% in y) only stops gross outliers.
+	LawDelta float64
+	Seed     uint64
 }
 
 // Fit fits every noise type among pts, sorted by name.
 func Fit(pts []Point, o FitOptions) ([]*NoiseFit, error) {
-	if o.Delta <= 0 {
-		return nil, fmt.Errorf("fit: Huber delta %g, must be positive", o.Delta)
+	if !(o.Delta > 0) || !(o.LawDelta > 0) {
+		return nil, fmt.Errorf("fit: Huber deltas %g and %g, must be positive", o.Delta, o.LawDelta)
 	}
 	by := map[string][]Point{}
 	for _, p := range pts {
@@ -171,7 +177,7 @@ func fitNoise(noise string, pts []Point, o FitOptions) *NoiseFit {
 	}
 	if len(opt) >= 2 {
 		nf.MOpt, nf.DOpt, nf.LOpt = &Law{}, &Law{}, &Law{}
-		m, d, l := optimaLaws(opt, o.Delta)
+		m, d, l := optimaLaws(opt, o.LawDelta)
 		*nf.MOpt, *nf.DOpt, *nf.LOpt = m, d, l
 		nf.Resamples = bootstrapLaws(nf, o)
 	} else {
@@ -275,17 +281,23 @@ func huber(r, delta float64) float64 {
 	return r * r / (2 * delta)
 }
 
-// minimize runs gonum's Nelder–Mead from x0 and returns the best point.
+// minimize runs gonum's Nelder–Mead from x0, then once more from where it
+// stopped (a fresh simplex gets past a collapsed one), and returns the best
+// point found.
 func minimize(f func([]float64) float64, x0 []float64) []float64 {
-	s := &optimize.Settings{
-		MajorIterations: 20000,
-		Converger:       &optimize.FunctionConverge{Absolute: 1e-12, Relative: 1e-12, Iterations: 300},
+	best, bestF := x0, f(x0)
+	for range 2 {
+		s := &optimize.Settings{
+			MajorIterations: 20000,
+			Converger:       &optimize.FunctionConverge{Absolute: 1e-12, Relative: 1e-12, Iterations: 60},
+		}
+		res, _ := optimize.Minimize(optimize.Problem{Func: f}, best, s, &optimize.NelderMead{})
+		if res == nil || !(res.F < bestF) {
+			break
+		}
+		best, bestF = res.X, res.F
 	}
-	res, err := optimize.Minimize(optimize.Problem{Func: f}, x0, s, &optimize.NelderMead{})
-	if res == nil || (err != nil && !(res.F < f(x0))) {
-		return x0
-	}
-	return res.X
+	return best
 }
 
 // fitSurface fits ln L = LSE(a' − α ln M, b' − β ln D, e') with a Huber loss
@@ -360,7 +372,7 @@ func bootstrapLaws(nf *NoiseFit, o FitOptions) int {
 		if len(opt) < 2 {
 			continue
 		}
-		m, d, l := optimaLaws(opt, o.Delta)
+		m, d, l := optimaLaws(opt, o.LawDelta)
 		me, de, le = append(me, m.Exp), append(de, d.Exp), append(le, l.Exp)
 	}
 	nf.MOpt.Lo, nf.MOpt.Hi = interval(me, nf.MOpt.Exp)
@@ -384,6 +396,7 @@ func bootstrapSurface(s *Surface, pts []Point, o FitOptions) {
 	}
 	s.AlphaLo, s.AlphaHi = interval(al, s.Alpha)
 	s.BetaLo, s.BetaHi = interval(be, s.Beta)
+	s.Resamples = len(al)
 }
 
 // interval is the 95% percentile interval of v, or [x, x] without samples.

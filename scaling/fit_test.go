@@ -29,7 +29,7 @@ func synthetic(s Surface, budgets []float64, sizes int, sd float64, seed uint64)
 func TestFitRecoversKnownLaws(t *testing.T) {
 	truth := Surface{A: 222, Alpha: 0.292, B: 1.92e3, Beta: 0.367, E: 2.17}
 	pts := synthetic(truth, []float64{1e17, 1e18, 1e19, 1e20, 1e21}, 9, 0.003, 1)
-	fits, err := Fit(pts, FitOptions{Bootstrap: 1000, SurfaceBootstrap: 100, Delta: 1e-3, Seed: 1})
+	fits, err := Fit(pts, FitOptions{Bootstrap: 1000, SurfaceBootstrap: 100, Delta: 1e-3, LawDelta: 0.1, Seed: 1})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -70,7 +70,7 @@ func TestFitPower(t *testing.T) {
 		c, y = append(c, x), append(y, 0.0176*math.Pow(x, 0.566))
 	}
 	y[3] *= 3
-	a, k := FitPower(c, y, 1e-3)
+	a, k := FitPower(c, y, 0.1)
 	if math.Abs(k-0.566) > 1e-3 || math.Abs(a/0.0176-1) > 0.05 {
 		t.Errorf("fit %.4g·C^%.4f, want 0.0176·C^0.566", a, k)
 	}
@@ -92,14 +92,14 @@ func TestLossRatio(t *testing.T) {
 // says so.
 func TestIsoFLOPTooFewSizes(t *testing.T) {
 	pts := []Point{{Noise: "u", M: 1, D: 1, C: 1, Loss: 3}, {Noise: "u", M: 2, D: 1, C: 1, Loss: 2}}
-	f, err := Fit(pts, FitOptions{Bootstrap: 10, Delta: 1e-3})
+	f, err := Fit(pts, FitOptions{Bootstrap: 10, Delta: 1e-3, LawDelta: 0.1})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if f[0].MOpt != nil || len(f[0].Notes) == 0 {
 		t.Errorf("fitted laws from two runs: %+v", f[0])
 	}
-	if _, err := Fit([]Point{{Noise: "u", M: 1, D: 1, C: 1, Loss: math.NaN()}}, FitOptions{Delta: 1e-3}); err == nil {
+	if _, err := Fit([]Point{{Noise: "u", M: 1, D: 1, C: 1, Loss: math.NaN()}}, FitOptions{Delta: 1e-3, LawDelta: 0.1}); err == nil {
 		t.Error("a NaN loss was accepted")
 	}
 }

@@ -24,7 +24,8 @@ type fitFlags struct {
 	table, out, ratioAt string
 	json                bool
 	bootstrap, surfBoot int
-	delta, ema          float64
+	delta, lawDelta     float64
+	ema                 float64
 	seed                uint64
 }
 
@@ -52,7 +53,8 @@ Runs that are unfinished or whose files are corrupt are reported and skipped.`,
 	fs.BoolVar(&f.json, "json", false, "print one JSON object keyed by noise type instead of tables")
 	fs.IntVar(&f.bootstrap, "bootstrap", 10000, "bootstrap resamples for the laws in C")
 	fs.IntVar(&f.surfBoot, "bootstrap-surface", 1000, "bootstrap resamples for the 2-D surface")
-	fs.Float64Var(&f.delta, "huber-delta", 1e-3, "Huber δ on log residuals")
+	fs.Float64Var(&f.delta, "huber-delta", 1e-3, "Huber δ on log-loss residuals of the 2-D surface (Chinchilla's)")
+	fs.Float64Var(&f.lawDelta, "huber-delta-law", 0.1, "Huber δ on log residuals of the power laws through the optima")
 	fs.Float64Var(&f.ema, "ema", 0.95, "EMA factor for smoothing each run's ELBO")
 	fs.Uint64Var(&f.seed, "seed", 1, "bootstrap seed")
 	fs.StringVar(&f.ratioAt, "ratio-at", "", "budgets for the uniform/masked loss ratio (default: the budgets fitted)")
@@ -96,7 +98,7 @@ func runFit(w io.Writer, f *fitFlags, args []string) error {
 			return fmt.Errorf("fit: no finished runs among %s", strings.Join(args, " "))
 		}
 	}
-	fits, err := scaling.Fit(pts, scaling.FitOptions{Bootstrap: f.bootstrap, SurfaceBootstrap: f.surfBoot, Delta: f.delta, Seed: f.seed})
+	fits, err := scaling.Fit(pts, scaling.FitOptions{Bootstrap: f.bootstrap, SurfaceBootstrap: f.surfBoot, Delta: f.delta, LawDelta: f.lawDelta, Seed: f.seed})
 	if err != nil {
 		return err
 	}
@@ -235,7 +237,13 @@ func printFit(w io.Writer, fits []*scaling.NoiseFit, ratios []ratioRow) {
 	fmt.Fprintln(tw, "noise\ta\tα\tb\tβ\tE\tβ/(α+β)")
 	for _, nf := range fits {
 		if s := nf.Surface; s != nil {
-			fmt.Fprintf(tw, "%s\t%.4g\t%.4f [%.4f, %.4f]\t%.4g\t%.4f [%.4f, %.4f]\t%.4f\t%.4f\n", nf.Noise, s.A, s.Alpha, s.AlphaLo, s.AlphaHi, s.B, s.Beta, s.BetaLo, s.BetaHi, s.E, s.MExp)
+			iv := func(lo, hi float64) string {
+				if s.Resamples == 0 {
+					return ""
+				}
+				return fmt.Sprintf(" [%.4f, %.4f]", lo, hi)
+			}
+			fmt.Fprintf(tw, "%s\t%.4g\t%.4f%s\t%.4g\t%.4f%s\t%.4f\t%.4f\n", nf.Noise, s.A, s.Alpha, iv(s.AlphaLo, s.AlphaHi), s.B, s.Beta, iv(s.BetaLo, s.BetaHi), s.E, s.MExp)
 		}
 	}
 	tw.Flush()

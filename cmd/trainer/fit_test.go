@@ -36,7 +36,7 @@ func TestFitTable(t *testing.T) {
 	table := filepath.Join(dir, "runs.csv")
 	os.WriteFile(table, []byte(b.String()), 0o644)
 	var out bytes.Buffer
-	f := &fitFlags{table: table, out: filepath.Join(dir, "out"), json: true, bootstrap: 50, surfBoot: 10, delta: 1e-3, ema: 0.95}
+	f := &fitFlags{table: table, out: filepath.Join(dir, "out"), json: true, bootstrap: 50, surfBoot: 10, delta: 1e-3, lawDelta: 0.1, ema: 0.95}
 	if err := runFit(&out, f, nil); err != nil {
 		t.Fatal(err)
 	}
@@ -83,7 +83,7 @@ func TestFitSkipsBadRuns(t *testing.T) {
 	}
 	good, bad, short := mk("good", 50, false), mk("bad", 50, true), mk("short", 20, false)
 	var out bytes.Buffer
-	f := &fitFlags{out: "", bootstrap: 10, surfBoot: 0, delta: 1e-3, ema: 0.9}
+	f := &fitFlags{out: "", bootstrap: 10, surfBoot: 0, delta: 1e-3, lawDelta: 0.1, ema: 0.9}
 	if err := runFit(&out, f, []string{good, bad, short}); err != nil {
 		t.Fatal(err)
 	}
