@@ -38,6 +38,7 @@ type benchOverlapFlags struct {
 	batch, micro    int
 	steps, warmup   int
 	codec           string
+	psgdRank        int
 	bucketMiB       float64
 	deadline        time.Duration
 	json            bool
@@ -81,6 +82,7 @@ global batch, split over the members.`,
 	fs.IntVar(&f.steps, "steps", 10, "timed steps per mode")
 	fs.IntVar(&f.warmup, "warmup", 2, "untimed rounds of all three modes first")
 	fs.StringVar(&f.codec, "codec", allreduce.CodecNone, "gradient codec: "+strings.Join(allreduce.Codecs, ", "))
+	fs.IntVar(&f.psgdRank, "powersgd-rank", 4, "rank of --codec powersgd")
 	fs.Float64Var(&f.bucketMiB, "bucket-mib", 25, "allreduce bucket size in MiB of fp32 (0: one bucket for the whole gradient)")
 	fs.DurationVar(&f.deadline, "deadline", 60*time.Second, "allreduce deadline for a silent peer")
 	fs.BoolVar(&f.json, "json", false, "print one JSON object instead of the table")
@@ -122,6 +124,7 @@ type benchOverlapResult struct {
 	GOMAXPROCS int           `json:"gomaxprocs"`
 	Config     string        `json:"config"`
 	Codec      string        `json:"codec"`
+	PSGDRank   int           `json:"powersgd_rank,omitempty"`
 	BucketMiB  float64       `json:"bucket_mib"`
 	Buckets    int           `json:"buckets"`
 	GradMiB    float64       `json:"grad_mib"`
@@ -144,6 +147,8 @@ func (f *benchOverlapFlags) validate() error {
 		return fmt.Errorf("--world %d: need 2 to 64 members (one process each)", f.world)
 	case !slices.Contains(allreduce.Codecs, f.codec):
 		return fmt.Errorf("--codec %q: unknown codec (want one of %s)", f.codec, strings.Join(allreduce.Codecs, ", "))
+	case f.psgdRank < 1:
+		return fmt.Errorf("--powersgd-rank %d: want at least 1", f.psgdRank)
 	case f.steps < 1:
 		return fmt.Errorf("--steps %d: need at least 1 timed step", f.steps)
 	case f.warmup < 0:
@@ -191,7 +196,7 @@ func runBenchOverlap(stdout, stderr io.Writer, f *benchOverlapFlags) error {
 	plan := overlapbench.Plan{
 		Device: f.device, Precision: f.precision, BLAS: f.blas, Threads: threads,
 		Train: tc, Steps: f.steps, Warmup: f.warmup, Codec: f.codec,
-		Bucket: int(f.bucketMiB * (1 << 20)), Deadline: f.deadline,
+		Bucket: int(f.bucketMiB * (1 << 20)), Deadline: f.deadline, PowerSGDRank: f.psgdRank,
 	}
 	reps, err := runOverlapWorkers(e, f.world, threads, plan)
 	if err != nil {
@@ -296,6 +301,9 @@ func summarizeOverlap(f *benchOverlapFlags, micro int, reps []overlapbench.Repor
 		Codec: f.codec, BucketMiB: f.bucketMiB, Buckets: r0.Buckets,
 		GradMiB: float64(r0.Params) * 4 / (1 << 20), Steps: f.steps, Warmup: f.warmup,
 	}
+	if f.codec == allreduce.CodecPowerSGD {
+		r.PSGDRank = f.psgdRank
+	}
 	med := map[string]overlapMode{}
 	for k, m := range overlapbench.Modes {
 		row := overlapMode{Mode: m}
@@ -388,12 +396,20 @@ func printOverlap(w io.Writer, r benchOverlapResult) {
 	}
 	fmt.Fprintf(w, "# %d members (%s), each %s, GOMAXPROCS %d\n", r.World, r.Network, r.Backend, r.GOMAXPROCS)
 	fmt.Fprintf(w, "# model %s\n", r.Config)
-	fmt.Fprintf(w, "# gradient %.2f MiB fp32 in %d buckets (%s), codec %s\n", r.GradMiB, r.Buckets, bucket, r.Codec)
+	codec := r.Codec
+	if r.PSGDRank > 0 {
+		codec = fmt.Sprintf("%s rank %d", codec, r.PSGDRank)
+	}
+	fmt.Fprintf(w, "# gradient %.2f MiB fp32 in %d buckets (%s), codec %s\n", r.GradMiB, r.Buckets, bucket, codec)
 	fmt.Fprintf(w, "# step = max over members of one training step after a barrier; median of %d steps after %d warm-up rounds;\n", r.Steps, r.Warmup)
 	fmt.Fprintf(w, "# modes take turns; compute/wait = medians of the trainer's compute time and wait for the sum after backward\n")
 	fmt.Fprintf(w, "%-8s %10s %8s %11s %9s %9s\n", "mode", "median_ms", "se_ms", "compute_ms", "wait_ms", "wire_MiB")
 	for _, m := range r.Modes {
 		fmt.Fprintf(w, "%-8s %10.2f %8.2f %11.2f %9.2f %9.2f\n", m.Mode, m.MedianMS, m.SEMS, m.ComputeMS, m.WaitMS, m.WireMiB)
+	}
+	if ideal := r.GradMiB * 2 * float64(r.World-1) / float64(r.World); ideal > 0 && len(r.Modes) > 0 {
+		last := r.Modes[len(r.Modes)-1]
+		fmt.Fprintf(w, "# bytes on the wire per member per step: %.2f MiB, %.3f of fp32's %.2f MiB\n", last.WireMiB, last.WireMiB/ideal, ideal)
 	}
 	fmt.Fprintf(w, "comm total   (serial - compute)  %8.2f ms  (se %.2f)\n", r.TotalMS, r.TotalSEMS)
 	fmt.Fprintf(w, "comm exposed (overlap - compute) %8.2f ms  (se %.2f)\n", r.ExposedMS, r.ExposedSE)

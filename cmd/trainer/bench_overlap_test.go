@@ -64,6 +64,27 @@ func TestBenchOverlap(t *testing.T) {
 	if r.Hidden != nil && (*r.Hidden < 0 || *r.Hidden > 1) {
 		t.Errorf("hidden share %v outside [0, 1]", *r.Hidden)
 	}
+
+	// PowerSGD gets the model's tensor shapes: its matrices go over the wire
+	// as rank-2 factors, under half of the fp32 bytes.
+	cmd = exec.Command(bin, "--log-level", "warn", "bench", "overlap", "--world", "2", "--threads", "1",
+		"--layers", "1", "--dim", "32", "--heads", "2", "--seq", "16", "--batch", "4",
+		"--steps", "1", "--warmup", "1", "--codec", "powersgd", "--powersgd-rank", "2", "--json")
+	stderr.Reset()
+	cmd.Stderr = &stderr
+	if out, err = cmd.Output(); err != nil {
+		t.Fatalf("bench overlap --codec powersgd: %v\n%s", err, stderr.String())
+	}
+	r = benchOverlapResult{}
+	if err := json.Unmarshal(out, &r); err != nil {
+		t.Fatalf("output is not one JSON object: %v\n%s", err, out)
+	}
+	if r.Codec != "powersgd" || r.PSGDRank != 2 || len(r.Modes) != 3 {
+		t.Fatalf("codec %q rank %d, %d modes; want powersgd rank 2 and three modes", r.Codec, r.PSGDRank, len(r.Modes))
+	}
+	if w := r.Modes[2].WireMiB; !(w > 0 && w < 0.5*r.GradMiB) {
+		t.Errorf("powersgd sent %.4f MiB per step for a %.4f MiB gradient", w, r.GradMiB)
+	}
 }
 
 // TestBenchOverlapFlags checks that bad flags fail before any process
@@ -87,6 +108,7 @@ func TestBenchOverlapFlags(t *testing.T) {
 		{[]string{"--batch", "5"}, "not a multiple of the world size"},
 		{[]string{"--micro-batch", "3"}, "micro-batch 3"},
 		{[]string{"--vocab", "4"}, "vocabulary 4"},
+		{[]string{"--powersgd-rank", "0"}, "--powersgd-rank 0"},
 	} {
 		var out bytes.Buffer
 		root.SetOut(&out)

@@ -59,6 +59,9 @@ type Plan struct {
 	Codec    string
 	Bucket   int           // gradient bucket in fp32 bytes (0: the whole gradient)
 	Deadline time.Duration // longest wait for a silent peer
+	// PowerSGDRank is the rank of codec powersgd, which gets the model's
+	// tensor shapes.
+	PowerSGDRank int
 }
 
 // Config returns the train configuration of a benchmark model, as
@@ -185,7 +188,11 @@ func run(plan Plan, open func(Plan) (compute.Backend, error), gradT, statsT allr
 	if bucket <= 0 {
 		bucket = 4 * max(n, 1)
 	}
-	acfg := allreduce.Config{Codec: plan.Codec, BucketBytes: bucket, Deadline: plan.Deadline}
+	acfg := allreduce.Config{Codec: plan.Codec, BucketBytes: bucket, Deadline: plan.Deadline,
+		PowerSGDRank: plan.PowerSGDRank, Seed: plan.Train.Seed}
+	for _, t := range tr.Model.Tensors { // [rows, cols] as PyTorch's powerSGD hook views a tensor
+		acfg.Tensors = append(acfg.Tensors, allreduce.Tensor{Off: t.Offset, Rows: t.Shape[0], Cols: t.Size / t.Shape[0]})
+	}
 	grad, err := allreduce.New(gradT, n, acfg)
 	if err != nil {
 		return rep, fmt.Errorf("overlap worker: gradient ring: %w", err)
