@@ -3,8 +3,11 @@ package node
 import (
 	"errors"
 	"math"
+	"net"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/difftrain/difftrain/checkpoint"
@@ -94,6 +97,59 @@ func checkFiniteCheckpoints(t *testing.T, dir string) {
 		}
 		if err := finiteState(st); err != nil {
 			t.Errorf("checkpoint %s: %v", c.Path, err)
+		}
+	}
+}
+
+// Two members decide alike from the ring's sums: both skip the same steps
+// and both stop at the same one.
+func TestRingSkipsAlike(t *testing.T) {
+	dir := t.TempDir()
+	seedGossip := make(chan string, 1)
+	errs := make([]error, 2)
+	var wg sync.WaitGroup
+	for i, name := range []string{"a", "b"} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var seeds []string
+			if i == 1 {
+				seeds = []string{<-seedGossip}
+			}
+			errs[i] = runNodeIn(t, filepath.Join(dir, name), 40, name, seeds, func(o *Options) {
+				blowUp(o)
+				o.MaxBadSteps, o.CheckpointEvery, o.Cluster.MinNodes = 2, 0, 2
+				if i == 0 {
+					seedGossip <- net.JoinHostPort(o.Cluster.BindAddr, strconv.Itoa(o.Cluster.BindPort))
+				}
+			})
+		}()
+	}
+	wg.Wait()
+	var steps [2]int64
+	for i, err := range errs {
+		var be *badStepError
+		if !errors.As(err, &be) || be.skipped != 2 {
+			t.Fatalf("member %d returned %v, want a stop after 2 skipped steps", i, err)
+		}
+		steps[i] = be.nf.Step
+	}
+	if steps[0] != steps[1] {
+		t.Fatalf("members stopped at steps %d and %d", steps[0], steps[1])
+	}
+	for _, name := range []string{"a", "b"} {
+		recs, err := ReadRecordsFile(filepath.Join(dir, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var skipped []int64
+		for _, r := range recs {
+			if r.Skipped {
+				skipped = append(skipped, r.Step)
+			}
+		}
+		if len(skipped) != 3 || skipped[2] != steps[0] {
+			t.Errorf("member %s recorded skipped steps %v, want 3 ending at %d", name, skipped, steps[0])
 		}
 	}
 }

@@ -18,9 +18,16 @@ import (
 // returns Run's error; the run directory is o.RunDir.
 func runAlone(t *testing.T, runDir string, steps int, edit func(o *Options)) error {
 	t.Helper()
+	return runNodeIn(t, runDir, steps, "solo", nil, edit)
+}
+
+// runNodeIn runs one node in this process; with seeds it joins them.
+func runNodeIn(t *testing.T, runDir string, steps int, name string, seeds []string, edit func(o *Options)) error {
+	t.Helper()
 	b, err := cpu.New(cpu.Options{Threads: 1})
 	if err != nil {
-		t.Fatal(err)
+		t.Error(err)
+		return err
 	}
 	defer b.Close()
 	gossip := freeAddr(t)
@@ -31,10 +38,11 @@ func runAlone(t *testing.T, runDir string, steps int, edit func(o *Options)) err
 		Train: tinyRun(steps, 4), Backend: b, Data: dataset.Options{Dir: testData(t)},
 		CheckpointDir: filepath.Join(runDir, "checkpoints"), CheckpointEvery: 2, Keep: -1,
 		RunDir: runDir, GRPCListen: grpcAddr, Progress: "none",
-		Cluster: cluster.Config{Name: "solo", BindAddr: host, BindPort: p, GRPCAddr: grpcAddr,
-			MinNodes: 1, JoinTimeout: 10 * time.Second, Timing: cluster.FastTiming()},
+		Cluster: cluster.Config{Name: name, BindAddr: host, BindPort: p, GRPCAddr: grpcAddr, Seeds: seeds,
+			MinNodes: 1, JoinTimeout: 10 * time.Second, Timing: cluster.FastTiming(), Data: testData(t)},
 		AllreduceTimeout: 3 * time.Second,
 	}
+	o.Join = len(seeds) > 0
 	if edit != nil {
 		edit(&o)
 	}
