@@ -2,7 +2,6 @@ package tokenizer
 
 import (
 	"bytes"
-	"os"
 	"path/filepath"
 	"testing"
 
@@ -58,8 +57,9 @@ func hasSpecial(t *Tokenizer, ids []int32) bool {
 // FuzzParse checks that no tokenizer.json makes Parse panic, and that what
 // it accepts encodes and decodes.
 func FuzzParse(f *testing.F) {
-	for _, name := range []string{"gpt2", "paper"} {
-		data, err := os.ReadFile(filepath.Join("testdata", name+".json"))
+	// Small files: the fixtures are too big for the fuzzer to mutate well.
+	for _, m := range [][][2]int32{nil, {{16 + 'a', 16 + 'b'}, {16 + ' ', 272}}} {
+		data, err := layoutJSON(m)
 		if err != nil {
 			f.Fatal(err)
 		}
