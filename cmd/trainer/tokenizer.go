@@ -66,10 +66,18 @@ With no --input, the corpus is the Go standard library source, as for prepare.`,
 		if err != nil {
 			return err
 		}
+		t, err := tokenizer.Parse(data)
+		if err != nil {
+			return fmt.Errorf("tokenizer train: the trained file does not load: %w", err)
+		}
 		if err := writeFileAtomic(f.out, data); err != nil {
 			return err
 		}
-		slog.Info("tokenizer train: wrote", "out", f.out, "vocab", f.vocab)
+		if t.Vocab() < f.vocab {
+			slog.Warn("tokenizer train: the corpus ran out of pairs seen --min-frequency times before --vocab",
+				"vocab", t.Vocab(), "asked", f.vocab)
+		}
+		slog.Info("tokenizer train: wrote", "out", f.out, "vocab", t.Vocab(), "sha256", t.SHA256())
 		return nil
 	},
 }
