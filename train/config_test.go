@@ -62,3 +62,28 @@ func TestResolve(t *testing.T) {
 		t.Fatalf("resolved micro %d warmup %d, want %d and 40 (50 steps, 20%% cooldown)", c.MicroBatch, c.Warmup, c.Batch)
 	}
 }
+
+func FuzzParseConfig(f *testing.F) {
+	f.Add([]byte("lr: 0.25\nmodel:\n  num_layers: 2\n"))
+	f.Add([]byte(`{"batch_size": 32, "noise": "balanced"}`))
+	f.Add([]byte("model: null\nseed: 18446744073709551615\n"))
+	f.Add([]byte("unknown: 1\n"))
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		base := Defaults()
+		c, err := ParseConfig(raw, base)
+		if err != nil {
+			if c != base {
+				t.Fatalf("a failed parse changed the config: %+v", c)
+			}
+			return
+		}
+		b, err := json.Marshal(c)
+		if err != nil {
+			return // a non-finite number cannot be written back; Validate refuses it
+		}
+		again, err := ParseConfig(b, Config{})
+		if err != nil || again != c {
+			t.Fatalf("round trip of %s: %+v, %v", b, again, err)
+		}
+	})
+}
