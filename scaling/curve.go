@@ -104,9 +104,9 @@ func FitCurve(pts []CurvePoint, loss []float64, from int64) (Curve, error) {
 	if len(s) < 5 {
 		return Curve{}, fmt.Errorf("loss curve: %d points from step %d, need 5", len(s), from)
 	}
-	lo := slices.Min(l)
+	lo := max(slices.Min(l), 1e-9)
 	f := func(p []float64) float64 {
-		c, b, e := p[0], math.Exp(p[1]), p[2]
+		c, b, e := math.Exp(p[0]), math.Exp(p[1]), p[2]
 		sum := 0.0
 		for i := range s {
 			pred := c + b*math.Pow(s[i], -e)
@@ -118,6 +118,7 @@ func FitCurve(pts []CurvePoint, loss []float64, from int64) (Curve, error) {
 		}
 		return sum
 	}
-	p := minimize(f, []float64{0.8 * lo, math.Log(max(l[0]-0.8*lo, 1e-3)) + 0.5*math.Log(s[0]), 0.5})
-	return Curve{C: p[0], B: math.Exp(p[1]), Exp: p[2], From: int64(s[0])}, nil
+	// C and B are fitted as logarithms: both stay positive.
+	p := minimize(f, []float64{math.Log(0.8 * lo), math.Log(max(l[0]-0.8*lo, 1e-3)) + 0.5*math.Log(s[0]), 0.5})
+	return Curve{C: math.Exp(p[0]), B: math.Exp(p[1]), Exp: p[2], From: int64(s[0])}, nil
 }

@@ -189,7 +189,11 @@ func fitNoise(noise string, pts []Point, o FitOptions) *NoiseFit {
 	}
 	if len(best) >= 6 {
 		s := fitSurface(best, o.Delta, nil)
-		bootstrapSurface(&s, best, o)
+		if s.Alpha > 0 && s.Beta > 0 {
+			bootstrapSurface(&s, best, o)
+		} else {
+			nf.Notes = append(nf.Notes, fmt.Sprintf("the 2-D surface is degenerate (α %.3g, β %.3g): the runs are too few or too noisy; no bootstrap", s.Alpha, s.Beta))
+		}
 		nf.Surface = &s
 	} else {
 		nf.Notes = append(nf.Notes, fmt.Sprintf("%d runs: need 6 for the 2-D surface", len(best)))
@@ -288,8 +292,8 @@ func minimize(f func([]float64) float64, x0 []float64) []float64 {
 	best, bestF := x0, f(x0)
 	for range 2 {
 		s := &optimize.Settings{
-			MajorIterations: 20000,
-			Converger:       &optimize.FunctionConverge{Absolute: 1e-12, Relative: 1e-12, Iterations: 60},
+			MajorIterations: 5000,
+			Converger:       &optimize.FunctionConverge{Absolute: 1e-10, Relative: 1e-9, Iterations: 60},
 		}
 		res, _ := optimize.Minimize(optimize.Problem{Func: f}, best, s, &optimize.NelderMead{})
 		if res == nil || !(res.F < bestF) {
