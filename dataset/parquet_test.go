@@ -496,3 +496,64 @@ func TestParquetCodecBounds(t *testing.T) {
 		}
 	}
 }
+
+// TestPrepareParquetColumnTypes reads text from large_string and binary
+// columns and ids from list<int32> and large_list<uint16>: the same shards
+// as a string column.
+func TestPrepareParquetColumnTypes(t *testing.T) {
+	dir := t.TempDir()
+	docs, rows := pqDocs(120)
+	ref := filepath.Join(dir, "ref")
+	o := PrepareOptions{Inputs: []string{writeFile(t, filepath.Join(dir, "ref.parquet"), writeParquet(t, rows, 40, compress.Codecs.Snappy))}, Out: ref, SeqLen: 16}
+	if _, err := Prepare(context.Background(), o); err != nil {
+		t.Fatal(err)
+	}
+	schema := arrow.NewSchema([]arrow.Field{
+		{Name: "ls", Type: arrow.BinaryTypes.LargeString, Nullable: true},
+		{Name: "bin", Type: arrow.BinaryTypes.Binary, Nullable: true},
+		{Name: "i32", Type: arrow.ListOf(arrow.PrimitiveTypes.Int32), Nullable: true},
+		{Name: "u16", Type: arrow.LargeListOf(arrow.PrimitiveTypes.Uint16), Nullable: true},
+	}, nil)
+	b := array.NewRecordBuilder(memory.DefaultAllocator, schema)
+	defer b.Release()
+	ls := b.Field(0).(*array.LargeStringBuilder)
+	bin := b.Field(1).(*array.BinaryBuilder)
+	i32 := b.Field(2).(*array.ListBuilder)
+	u16 := b.Field(3).(*array.LargeListBuilder)
+	for _, d := range docs {
+		ls.Append(d)
+		bin.Append([]byte(d))
+		i32.Append(true)
+		u16.Append(true)
+		for _, c := range []byte(d) {
+			i32.ValueBuilder().(*array.Int32Builder).Append(int32(c) + 4)
+			u16.ValueBuilder().(*array.Uint16Builder).Append(uint16(c) + 4)
+		}
+	}
+	rec := b.NewRecordBatch()
+	defer rec.Release()
+	var buf bytes.Buffer
+	w, err := pqarrow.NewFileWriter(schema, &buf, parquet.NewWriterProperties(parquet.WithMaxRowGroupLength(50)), pqarrow.NewArrowWriterProperties(pqarrow.WithStoreSchema()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Write(rec); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	in := writeFile(t, filepath.Join(dir, "types.parquet"), buf.Bytes())
+	for _, c := range []struct{ field, tokens string }{{"ls", ""}, {"bin", ""}, {"", "i32"}, {"", "u16"}} {
+		o := PrepareOptions{Inputs: []string{in}, Out: t.TempDir(), SeqLen: 16, Field: c.field, TokensField: c.tokens}
+		if _, err := Prepare(context.Background(), o); err != nil {
+			t.Fatalf("%+v: %v", c, err)
+		}
+		sameShards(t, c.field+c.tokens, ref, o.Out)
+	}
+	// The columns really have those types (the stored Arrow schema).
+	_, err = Prepare(context.Background(), PrepareOptions{Inputs: []string{in}, Out: t.TempDir(), Field: "nope"})
+	if err == nil || !strings.Contains(err.Error(), "ls (large_utf8), bin (binary), i32 (list<element: int32") || !strings.Contains(err.Error(), "u16 (large_list<element: uint16") {
+		t.Fatalf("column list %v", err)
+	}
+}
