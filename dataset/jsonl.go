@@ -93,19 +93,20 @@ func (c *countReader) Read(p []byte) (int, error) {
 
 // produceJSONL streams one JSONL file, plain or compressed, as jobs of
 // whole lines. left returns how many more input bytes may be handed out.
-func (o *PrepareOptions) produceJSONL(f inputFile, send func(*job) error, left func() int64) error {
+func (o *PrepareOptions) produceJSONL(f inputFile, send func(*job) error, left func() int64, capped *bool) error {
 	fh, err := os.Open(f.path)
 	if err != nil {
 		return fmt.Errorf("prepare: %w", err)
 	}
 	defer fh.Close()
 	cr := &countReader{r: fh}
-	return readJSONL(f, cr, &cr.n, send, left)
+	return readJSONL(f, cr, &cr.n, send, left, capped)
 }
 
 // readJSONL cuts r into jobs; read, if not nil, counts the file bytes
-// consumed so far (for progress).
-func readJSONL(f inputFile, r io.Reader, read *int64, send func(*job) error, left func() int64) error {
+// consumed so far (for progress). It sets capped if left stopped it short
+// of the end.
+func readJSONL(f inputFile, r io.Reader, read *int64, send func(*job) error, left func() int64, capped *bool) error {
 	dr, closeFn, err := decompress(f.path, r)
 	if err != nil {
 		return fmt.Errorf("prepare: %s: %w", f.path, err)
@@ -123,7 +124,9 @@ func readJSONL(f inputFile, r io.Reader, read *int64, send func(*job) error, lef
 			return nil
 		}
 		if room := left(); int64(len(chunk)) > room {
-			chunk = chunk[:cutLines(chunk, int(room))]
+			n := cutLines(chunk, int(room))
+			*capped = *capped || n < len(chunk)
+			chunk = chunk[:n]
 		}
 		j := &job{file: f, line: line, data: chunk}
 		if read != nil {
@@ -133,6 +136,9 @@ func readJSONL(f inputFile, r io.Reader, read *int64, send func(*job) error, lef
 			return err
 		}
 		line += bytes.Count(chunk, []byte{'\n'})
+	}
+	if more, err := c.next(1); err != nil || len(more) > 0 {
+		*capped = true
 	}
 	return nil
 }

@@ -95,7 +95,8 @@ func FuzzJSONLCompressed(f *testing.F) {
 		// Decompressed or raw, the bytes make whole-line jobs.
 		for _, in := range [][]byte{data, packed} {
 			f := inputFile{path: name, format: FormatJSONL}
-			readJSONL(f, bytes.NewReader(in), nil, send, func() int64 { return math.MaxInt64 })
+			var capped bool
+			readJSONL(f, bytes.NewReader(in), nil, send, func() int64 { return math.MaxInt64 }, &capped)
 		}
 	})
 }

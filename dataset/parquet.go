@@ -329,9 +329,12 @@ func (o *PrepareOptions) readParquet(ctx context.Context, f inputFile, src parqu
 	err = pf.each(ctx, o.Tokenizer.Vocab(), func(b *rowBatch) error {
 		room := left()
 		if room <= 0 {
+			st.MaxMBCapped = true
 			return errStop
 		}
-		b.cut(room)
+		if b.cut(room) {
+			st.MaxMBCapped = true
+		}
 		st.Nulls += b.nulls
 		j := &job{file: f, rows: b, data: b.data}
 		now := read()
@@ -344,16 +347,18 @@ func (o *PrepareOptions) readParquet(ctx context.Context, f inputFile, src parqu
 	return nil
 }
 
-// cut drops the rows after the one that reaches room input bytes.
-func (b *rowBatch) cut(room int64) {
-	for i := 1; i < len(b.off); i++ {
+// cut drops the rows after the one that reaches room input bytes and
+// reports whether it dropped any.
+func (b *rowBatch) cut(room int64) bool {
+	for i := 1; i < len(b.off)-1; i++ {
 		if b.bytesTo(i) >= room {
 			b.off = b.off[:i+1]
 			b.data = b.data[:min(len(b.data), b.off[i])]
 			b.ids = b.ids[:min(len(b.ids), b.off[i])]
-			return
+			return true
 		}
 	}
+	return false
 }
 
 // bytesTo is the input bytes of rows [0, i): text bytes, or 4 per token id.

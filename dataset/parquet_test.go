@@ -557,3 +557,31 @@ func TestPrepareParquetColumnTypes(t *testing.T) {
 		t.Fatalf("column list %v", err)
 	}
 }
+
+// TestPrepareMaxMBOneFile: --max-mb stops inside a single Parquet or JSONL
+// file, after the row or line that reaches the cap, and says it did.
+func TestPrepareMaxMBOneFile(t *testing.T) {
+	dir := t.TempDir()
+	docs, rows := pqDocs(400)
+	var jl strings.Builder
+	for _, d := range docs {
+		fmt.Fprintf(&jl, "{\"text\": %q}\n", d)
+	}
+	pq := writeFile(t, filepath.Join(dir, "docs.parquet"), writeParquet(t, rows, 100, compress.Codecs.Snappy))
+	js := writeFile(t, filepath.Join(dir, "docs.jsonl.gz"), gzipBytes(t, []byte(jl.String())))
+	capMB := 0.01 // 10485 bytes
+	for _, in := range []string{pq, js} {
+		st, err := Prepare(context.Background(), PrepareOptions{Inputs: []string{in}, Out: t.TempDir(), SeqLen: 8, MaxMB: capMB})
+		if err != nil {
+			t.Fatal(err)
+		}
+		capBytes := int64(capMB * (1 << 20))
+		if !st.MaxMBCapped || st.InputBytes < capBytes || st.InputBytes > capBytes+200 {
+			t.Fatalf("%s: capped %v, %d input bytes; want a cap just past %d", in, st.MaxMBCapped, st.InputBytes, capBytes)
+		}
+		st, err = Prepare(context.Background(), PrepareOptions{Inputs: []string{in}, Out: t.TempDir(), SeqLen: 8, MaxMB: 10})
+		if err != nil || st.MaxMBCapped {
+			t.Fatalf("%s: a cap above the input: capped %v, %v", in, st.MaxMBCapped, err)
+		}
+	}
+}

@@ -345,7 +345,7 @@ func (o *PrepareOptions) produce(ctx context.Context, files []inputFile, capByte
 			}
 		case FormatJSONL:
 			st.Files++
-			if err := o.produceJSONL(f, send, left); err != nil {
+			if err := o.produceJSONL(f, send, left, &st.MaxMBCapped); err != nil {
 				return err
 			}
 		default:
