@@ -35,6 +35,7 @@ type Options struct {
 	Events   int           // kill/restart events to inject
 	Duration time.Duration // at least this long (the events are spread over it)
 	Steps    int           // the run's steps; 0: until the events are done (then SIGTERM)
+	StopAt   int64         // with no events: stop once this step is trained (an undisturbed reference)
 	Seed     uint64        // randomness of the schedule
 	Conflict float64       // share of events that also start a conflicting joiner
 	Log      io.Writer     // progress lines (nil: none)
@@ -43,7 +44,7 @@ type Options struct {
 
 // Event is one injected failure and how the cluster took it.
 type Event struct {
-	At          time.Time
+	At          time.Time     // when the victim was killed
 	Step        int64         // the last step completed before the kill
 	Victim      string        // node slot, e.g. "n1"
 	Coordinator bool          // the victim was the ring's coordinator
@@ -98,6 +99,12 @@ func Run(ctx context.Context, o Options) ([]Event, error) {
 	if _, err := r.waitStep(r.slots, 5, time.Now(), 2*time.Minute); err != nil {
 		return nil, fmt.Errorf("the ring never trained: %w", err)
 	}
+	if o.Events == 0 && o.StopAt > 0 {
+		if _, err := r.waitStep(r.slots, o.StopAt, time.Now().Add(-time.Hour), 10*time.Minute); err != nil {
+			return nil, err
+		}
+		return nil, r.stopAll()
+	}
 	var evs []Event
 	gap := o.Duration / time.Duration(max(1, o.Events))
 	for i := 0; i < o.Events && ctx.Err() == nil; i++ {
@@ -145,6 +152,7 @@ func (r *runner) event() (Event, error) {
 			ev.Step = max(ev.Step, st)
 		}
 	}
+	ev.At = time.Now()
 	s.cmd.Process.Signal(syscall.SIGKILL)
 	<-s.done
 	s.cmd = nil
@@ -212,6 +220,13 @@ func (r *runner) live() *slot {
 	return ls[r.rng.IntN(len(ls))]
 }
 
+// runFlags are the training flags of the run: a tiny model, an endless
+// schedule (the run is stopped when the events are done).
+func runFlags(data string) []string {
+	return []string{"train", "--data", data, "--layers", "2", "--dim", "32", "--heads", "2",
+		"--batch", "12", "--warmup", "5", "--lr", "0.1", "--seed", "11", "--codec", "none", "--steps", "1000000000"}
+}
+
 // common are the flags of every node process in slot s.
 func (r *runner) common(s *slot) []string {
 	return append([]string{"--name", s.name, "--run-dir", s.dir, "--bind", s.gossip, "--grpc", s.grpc,
@@ -220,21 +235,17 @@ func (r *runner) common(s *slot) []string {
 }
 
 // startSlot starts slot s's node: the seed slot with `train` (it finds a
-// running ring through --seed and its peers file), the others with `join`.
+// running ring through --peer and its peers file), the others with `join`.
 func (r *runner) startSlot(s *slot, seed, _ bool) error {
 	var args []string
 	if seed {
-		args = []string{"train", "--data", r.o.Data, "--layers", "2", "--dim", "32", "--heads", "2",
-			"--batch", "12", "--warmup", "5", "--lr", "0.1", "--seed", "11", "--codec", "none",
-			"--min-nodes", "2", "--checksum-every", "10", "--checkpoint-every", "50", "--keep", "2"}
-		steps := r.o.Steps
-		if steps == 0 {
-			steps = 1 << 30
+		args = append(runFlags(r.o.Data), "--min-nodes", "2", "--checksum-every", "10", "--checkpoint-every", "50", "--keep", "2")
+		if r.o.Steps > 0 {
+			args = append(args, "--steps", strconv.Itoa(r.o.Steps))
 		}
-		args = append(args, "--steps", strconv.Itoa(steps))
 		for _, o := range r.slots {
 			if o != s && o.cmd != nil {
-				args = append(args, "--seed", o.gossip)
+				args = append(args, "--peer", o.gossip)
 			}
 		}
 	} else {

@@ -40,33 +40,34 @@ func build(t *testing.T) (bin, data string) {
 	return bin, data
 }
 
-// reference runs the same training in one undisturbed process.
-func reference(t *testing.T, bin, data string, steps int) map[int64]float64 {
+// reference runs the same ring undisturbed (no kills) until it has
+// completed steps steps, and returns its losses and ring sizes per step.
+func reference(t *testing.T, bin, data string, steps int64) (map[int64]float64, map[int64]int) {
 	t.Helper()
-	dir := filepath.Join(t.TempDir(), "ref")
-	out, err := exec.Command(bin, "train", "--data", data, "--run-dir", dir, "--layers", "2", "--dim", "32", "--heads", "2",
-		"--batch", "12", "--warmup", "5", "--lr", "0.1", "--seed", "11", "--steps", strconv.Itoa(steps),
-		"--bind", "127.0.0.1:0", "--grpc", "127.0.0.1:0", "--metrics-addr", "", "--threads", "1", "--progress", "none",
-		"--checkpoint-every", "0").CombinedOutput()
-	if err != nil {
-		t.Fatalf("reference run: %v\n%s", err, out)
+	dir := t.TempDir()
+	if _, err := Run(context.Background(), Options{Bin: bin, Data: data, Dir: dir, StopAt: steps}); err != nil {
+		t.Fatalf("undisturbed run: %v", err)
 	}
-	recs, err := node.ReadRecordsFile(dir)
+	recs, err := node.ReadRecordsFile(filepath.Join(dir, "n0"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := map[int64]float64{}
+	loss, members := map[int64]float64{}, map[int64]int{}
 	for _, r := range recs {
-		m[r.Step] = r.Loss
+		loss[r.Step], members[r.Step] = r.Loss, r.Members
 	}
-	return m
+	return loss, members
 }
 
-func runChaos(t *testing.T, events int, d time.Duration, seed uint64) {
+func runChaos(t *testing.T, events int, d time.Duration, seed uint64, conflict float64) {
 	bin, data := build(t)
 	dir := t.TempDir()
+	if d := os.Getenv("CHAOS_DIR"); d != "" { // keep the nodes' files
+		dir = d
+		os.RemoveAll(dir)
+	}
 	evs, err := Run(context.Background(), Options{Bin: bin, Data: data, Dir: dir, Events: events, Duration: d,
-		Seed: seed, Conflict: 0.3, Log: testLog{t}})
+		Seed: seed, Conflict: conflict, Log: testLog{t}})
 	for _, e := range evs {
 		if e.Conflicting && !e.Refused {
 			t.Errorf("conflicting joiner at %v was not refused with a clear error", e.At)
@@ -81,9 +82,10 @@ func runChaos(t *testing.T, events int, d time.Duration, seed uint64) {
 	if len(evs) > 0 {
 		first = evs[0].Step
 	}
-	ref := reference(t, bin, data, int(min(first+1, 200)))
-	res := Check(dir, 12, ref, first+1, 1e-4)
-	t.Logf("checked %d steps, %d records, %d compared with the undisturbed run", res.Steps, res.Records, res.Compared)
+	ref, refMembers := reference(t, bin, data, min(first+1, 300))
+	res := Check(dir, 12, ref, refMembers, first+1, 1e-4, evs)
+	t.Logf("checked %d steps, %d records, %d compared with the undisturbed run (1e-4 before the first membership change of either run at step %d, 1e-2 until the first kill), %d steps completed only by a member killed right after (redone by the survivors)",
+		res.Steps, res.Records, res.Compared, res.FirstChange, res.Orphans)
 	for _, p := range res.Problems {
 		t.Error(p)
 	}
@@ -100,7 +102,7 @@ func TestChaos(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs several trainer processes")
 	}
-	runChaos(t, 4, 20*time.Second, 3)
+	runChaos(t, 4, 20*time.Second, 3, 1)
 }
 
 // TestChaosLong is scripts/chaos.sh's run: CHAOS_EVENTS events over
@@ -112,7 +114,7 @@ func TestChaosLong(t *testing.T) {
 		t.Skip("set CHAOS_EVENTS and CHAOS_MINUTES (scripts/chaos.sh)")
 	}
 	seed, _ := strconv.ParseUint(os.Getenv("CHAOS_SEED"), 10, 64)
-	runChaos(t, ev, time.Duration(min)*time.Minute, seed)
+	runChaos(t, ev, time.Duration(min)*time.Minute, seed, 0.2)
 }
 
 type testLog struct{ t *testing.T }

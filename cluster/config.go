@@ -98,21 +98,30 @@ type Timing struct {
 // DefaultTiming returns memberlist's LAN defaults and protocol timeouts
 // suited to a data-center cluster.
 func DefaultTiming() Timing {
+	// memberlist's LAN profile, probing twice as often: a member that
+	// vanishes without closing its sockets (a partition, a frozen host) is
+	// declared dead in about 2 s instead of 4-5 s, for one more 100-byte
+	// UDP probe per member per second. Crashes that close sockets are
+	// found faster still: the allreduce fails at once, and a member that
+	// cannot reach the coordinator suspects it (Cluster.suspect).
 	lan := memberlist.DefaultLANConfig()
 	return Timing{
-		ProbeInterval:    lan.ProbeInterval,
-		ProbeTimeout:     lan.ProbeTimeout,
+		ProbeInterval:    500 * time.Millisecond,
+		ProbeTimeout:     400 * time.Millisecond,
 		GossipInterval:   lan.GossipInterval,
 		PushPullInterval: lan.PushPullInterval,
 		SuspicionMult:    lan.SuspicionMult,
 		DeadGossip:       lan.GossipToTheDeadTime,
-		Reconcile:        500 * time.Millisecond,
-		RPCTimeout:       10 * time.Second,
-		Pending:          30 * time.Second,
-		Penalty:          30 * time.Second,
-		Reconnect:        10 * time.Second,
-		LeaveWait:        15 * time.Second,
-		JoinBackoff:      250 * time.Millisecond,
+		Reconcile:        250 * time.Millisecond,
+		// Members acknowledge a proposal at once (they wait only for an
+		// update being applied), so a member that needs longer than this
+		// is stuck or unreachable.
+		RPCTimeout:  3 * time.Second,
+		Pending:     10 * time.Second,
+		Penalty:     30 * time.Second,
+		Reconnect:   5 * time.Second,
+		LeaveWait:   15 * time.Second,
+		JoinBackoff: 250 * time.Millisecond,
 	}
 }
 

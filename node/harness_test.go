@@ -44,7 +44,7 @@ type childSpec struct {
 	ChecksumEvery   int
 	Resume          string
 	Explicit        map[string]string // flags "given on the command line"
-	Rejoin          []string          // a seed's --seed list
+	Rejoin          []string          // a seed's --peer list
 }
 
 func TestMain(m *testing.M) {

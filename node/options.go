@@ -19,7 +19,7 @@ type Options struct {
 	// Rejoin are gossip addresses a seed looks for a running ring at (its
 	// --seed list), besides the last ring's members recorded in the run
 	// directory; when one is training, the seed joins it instead of
-	// starting from its checkpoint. RejoinWait bounds the search.
+	// starting from its checkpoint (--peer on `trainer train`). RejoinWait bounds the search.
 	Rejoin     []string
 	RejoinWait time.Duration
 

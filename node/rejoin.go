@@ -51,7 +51,7 @@ func (n *Node) announceShards() {
 	}()
 }
 
-// rejoinAddrs are the gossip addresses a starting seed tries: its --seed
+// rejoinAddrs are the gossip addresses a starting seed tries: its --peer
 // list and the peers of the last ring it trained in.
 func (n *Node) rejoinAddrs() []string {
 	addrs := slices.Clone(n.opt.Rejoin)

@@ -79,7 +79,7 @@ func (f *runFlags) register(fs *pflag.FlagSet, join bool) {
 		// from the cluster; it needs only where the cluster is.
 		fs.StringSliceVar(&f.seeds, "seed", nil, "gossip address host:port of a member to join (repeatable)")
 	} else {
-		fs.StringSliceVar(&f.seeds, "seed", nil, "gossip address host:port of another member of this run (repeatable): if a ring is training there at start, this node joins it instead of resuming from its own checkpoint (a restarted seed)")
+		fs.StringSliceVar(&f.seeds, "peer", nil, "gossip address host:port of another member of this run (repeatable): if a ring is training there at start, this node joins it instead of resuming from its own checkpoint (a restarted seed)")
 		d := train.Defaults()
 		fs.StringVar(&f.config, "config", "", "training config file (YAML or JSON, the JSON names of train.Config), read on top of the defaults; flags given explicitly override it")
 		fs.IntVar(&f.vocab, "vocab", d.Model.Vocab, "vocabulary size (0: the dataset's)")
@@ -128,7 +128,7 @@ func (f *runFlags) register(fs *pflag.FlagSet, join bool) {
 	fs.IntVar(&f.maxNodes, "max-nodes", 0, "most members a ring admits (0: no limit)")
 	f.security.Register(fs) // --cluster-key (or $DIFFTRAIN_CLUSTER_KEY), --cluster-key-file, --tls-*, --insecure
 	fs.DurationVar(&f.joinTimeout, "join-timeout", 2*time.Minute, "how long to retry reaching the seed")
-	fs.DurationVar(&f.rejoinWait, "rejoin-wait", 5*time.Second, "how long a starting seed looks for a running ring at --seed and the last ring's members (RUN_DIR/peers.json)")
+	fs.DurationVar(&f.rejoinWait, "rejoin-wait", 5*time.Second, "how long a starting seed looks for a running ring at --peer and the last ring's members (RUN_DIR/peers.json)")
 
 	fs.StringVar(&f.codec, "codec", "none", "gradient codec: none, bf16, bf16-zstd, int8 or powersgd")
 	fs.Float64Var(&f.bucketMB, "bucket-mb", 25, "gradient bucket size in MiB")

@@ -90,9 +90,12 @@ func runNode(cmd *cobra.Command, f *runFlags, join bool) error {
 	o.Cluster = cc
 	o.Explicit = map[string]string{}
 	cmd.Flags().Visit(func(fl *pflag.Flag) { o.Explicit[fl.Name] = fl.Value.String() })
+	if join {
+		delete(o.Explicit, "seed") // join's --seed is where the cluster is, not the run seed
+	}
 	o.RejoinWait = f.rejoinWait
 	if !join {
-		// A seed's --seed list is where it looks for a running ring to
+		// A seed's --peer list is where it looks for a running ring to
 		// rejoin; it never waits for those members to answer.
 		o.Rejoin, o.Cluster.Seeds = f.seeds, nil
 		if f.data == "" && f.dataURL == "" && f.dataPeer == "" {
