@@ -56,7 +56,7 @@ type Result struct {
 	// previous step's (a join); the loss matches the undisturbed run at
 	// 1e-4 before it.
 	FirstChange int64
-	Problems []string
+	Problems    []string
 }
 
 // Check verifies the records of the node directories under dir (n0, n1, …)
