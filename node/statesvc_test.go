@@ -64,8 +64,11 @@ func FuzzDecodeHeader(f *testing.F) {
 	f.Add(stateHeaderJSON(f, cfg, 3, np, 0))
 	f.Add(stateHeaderJSON(f, cfg, 3, 1<<31, 0))
 	f.Add([]byte(`{"step":3,"config":{},"params":5}`))
+	// As a node decodes them: it has built its trainer for the run's
+	// configuration before it fetches state (without one, a header of a
+	// valid model is allocated up to maxStateParams, gigabytes a try).
 	f.Fuzz(func(t *testing.T, raw []byte) {
-		sn, err := decodeHeader(raw, 3, nil)
+		sn, err := decodeHeader(raw, 3, &cfg)
 		if err != nil {
 			return
 		}
