@@ -3,6 +3,10 @@ package dataset
 import (
 	"bytes"
 	"context"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
 	"sync"
 	"testing"
 
@@ -33,5 +37,31 @@ func TestTrainTokenizer(t *testing.T) {
 	}
 	if seen != len(docs) {
 		t.Fatalf("Documents gave %d documents, want %d", seen, len(docs))
+	}
+}
+
+// TestDocumentsJSONL reads the field of each JSONL line, as prepare does.
+func TestDocumentsJSONL(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "docs.jsonl")
+	lines := "{\"text\": \"first doc\", \"id\": 1}\n\n{\"text\": \"second\\ndoc \\u00e9\"}\n{\"text\": \"\"}\n"
+	if err := os.WriteFile(path, []byte(lines), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var got []string
+	err := Documents(context.Background(), PrepareOptions{Inputs: []string{path}, Workers: 2}, func(text []byte) {
+		mu.Lock()
+		got = append(got, string(text))
+		mu.Unlock()
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	slices.Sort(got)
+	if want := []string{"first doc", "second\ndoc é"}; !slices.Equal(got, want) {
+		t.Fatalf("documents %q, want %q", got, want)
+	}
+	if err := Documents(context.Background(), PrepareOptions{Inputs: []string{path}, Field: "body"}, func([]byte) {}); err == nil || !strings.Contains(err.Error(), "body") {
+		t.Fatalf("missing field: %v", err)
 	}
 }
