@@ -10,6 +10,8 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/apache/arrow-go/v18/parquet/compress"
+
 	"github.com/difftrain/difftrain/tokenizer"
 )
 
@@ -63,5 +65,27 @@ func TestDocumentsJSONL(t *testing.T) {
 	}
 	if err := Documents(context.Background(), PrepareOptions{Inputs: []string{path}, Field: "body"}, func([]byte) {}); err == nil || !strings.Contains(err.Error(), "body") {
 		t.Fatalf("missing field: %v", err)
+	}
+}
+
+// TestDocumentsParquet reads the text column of a Parquet file with
+// several row groups and a null row, as prepare does.
+func TestDocumentsParquet(t *testing.T) {
+	docs, rows := pqDocs(30)
+	path := writeFile(t, filepath.Join(t.TempDir(), "docs.parquet"), writeParquet(t, rows, 7, compress.Codecs.Snappy))
+	var mu sync.Mutex
+	var got []string
+	err := Documents(context.Background(), PrepareOptions{Inputs: []string{path}, Workers: 2}, func(text []byte) {
+		mu.Lock()
+		got = append(got, string(text))
+		mu.Unlock()
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	slices.Sort(got)
+	want := slices.Sorted(slices.Values(docs))
+	if !slices.Equal(got, want) {
+		t.Fatalf("%d documents read, want %d", len(got), len(want))
 	}
 }
