@@ -55,7 +55,7 @@ func (n *Node) announceShards() {
 // list and the peers of the last ring it trained in.
 func (n *Node) rejoinAddrs() []string {
 	addrs := slices.Clone(n.opt.Rejoin)
-	if n.opt.RunDir != "" {
+	if n.opt.RunDir != "" && n.opt.Resume != "never" { // --resume never starts over
 		if b, err := os.ReadFile(filepath.Join(n.opt.RunDir, peersFile)); err == nil {
 			var last []string
 			if json.Unmarshal(b, &last) == nil && len(last) <= 1024 {

@@ -26,6 +26,7 @@ import (
 // admitted.
 type RingSettings struct {
 	Codec             string `json:"codec"`
+	PowerSGDRank      int    `json:"powersgd_rank,omitempty"`
 	BucketBytes       int    `json:"bucket_bytes"`
 	AllreduceChecksum bool   `json:"allreduce_checksum"`
 	ChecksumEvery     int    `json:"checksum_every"`
@@ -43,14 +44,14 @@ type RunConfig struct {
 // ringSettings reads the ring settings of the node's options.
 func (o *Options) ringSettings() RingSettings {
 	return RingSettings{
-		Codec: cmp.Or(o.Codec, "none"), BucketBytes: o.BucketBytes, AllreduceChecksum: o.AllreduceChecksum,
+		Codec: cmp.Or(o.Codec, "none"), PowerSGDRank: o.PowerSGDRank, BucketBytes: o.BucketBytes, AllreduceChecksum: o.AllreduceChecksum,
 		ChecksumEvery: o.ChecksumEvery, MinNodes: o.Cluster.MinNodes, MaxNodes: o.Cluster.MaxNodes,
 	}
 }
 
 // adoptRing sets the node's options to the ring's settings.
 func (o *Options) adoptRing(r RingSettings) {
-	o.Codec, o.BucketBytes, o.AllreduceChecksum = r.Codec, r.BucketBytes, r.AllreduceChecksum
+	o.Codec, o.PowerSGDRank, o.BucketBytes, o.AllreduceChecksum = r.Codec, r.PowerSGDRank, r.BucketBytes, r.AllreduceChecksum
 	o.ChecksumEvery, o.Cluster.MinNodes, o.Cluster.MaxNodes = r.ChecksumEvery, r.MinNodes, r.MaxNodes
 }
 
@@ -58,6 +59,7 @@ func (o *Options) adoptRing(r RingSettings) {
 // configuration's value, in the flag's own units.
 var ringFields = map[string]func(RunConfig) string{
 	"codec":              func(r RunConfig) string { return r.Ring.Codec },
+	"powersgd-rank":      func(r RunConfig) string { return strconv.Itoa(r.Ring.PowerSGDRank) },
 	"bucket-mb":          func(r RunConfig) string { return fmtFloat(float64(r.Ring.BucketBytes) / (1 << 20)) },
 	"allreduce-checksum": func(r RunConfig) string { return strconv.FormatBool(r.Ring.AllreduceChecksum) },
 	"checksum-every":     func(r RunConfig) string { return strconv.Itoa(r.Ring.ChecksumEvery) },
