@@ -3,6 +3,8 @@ package cluster
 import (
 	"context"
 	"errors"
+	"net"
+	"strconv"
 	"testing"
 	"time"
 )
@@ -186,5 +188,37 @@ func TestPenaltyGrows(t *testing.T) {
 	}
 	if d := c.penaltyFor("y", false); d > 2*time.Second {
 		t.Errorf("first failure of a candidate: penalty %v, want about a second", d)
+	}
+}
+
+// TestRestartOnSameAddress: a member killed and restarted on its old gossip
+// and gRPC addresses (a new name) is admitted within seconds, although the
+// others still list its dead incarnation, which the new process answers for.
+func TestRestartOnSameAddress(t *testing.T) {
+	h := newHarness(t, nil)
+	nodes := []*testNode{h.start("s", nil), h.start("s", nil), h.start("s", nil)}
+	g1 := agree(t, settle, nodes...)
+	victim := nodes[2]
+	if victim == coordinatorOf(t, nodes...) {
+		victim = nodes[1]
+	}
+	gossip, grpcAddr := victim.c.GossipAddr(), victim.c.cfg.GRPCAddr
+	_, port, _ := net.SplitHostPort(gossip)
+	p, _ := strconv.Atoi(port)
+	h.kill(victim)
+	var rest []*testNode
+	for _, n := range nodes {
+		if n != victim {
+			rest = append(rest, n)
+			n.c.ReportFailure(g1.ID, victim.c.Name(), errors.New("connection reset"))
+		}
+	}
+	// Restart at once: the others still list the dead incarnation.
+	again := h.startAt("s", grpcAddr, func(c *Config) { c.BindPort, c.AdvertisePort = p, p })
+	start := time.Now()
+	agree(t, settle, append(rest, again)...)
+	t.Logf("restarted member admitted %v after it was ready", time.Since(start).Round(time.Millisecond))
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("restarted member admitted after %v, want within a few seconds", d)
 	}
 }

@@ -131,7 +131,21 @@ func testLogger(t *testing.T) *slog.Logger {
 // member started (if any) and marked ready.
 func (h *harness) start(prefix string, edit func(*Config)) *testNode {
 	h.t.Helper()
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	return h.startAt(prefix, "127.0.0.1:0", edit)
+}
+
+// startAt is start with the gRPC server on grpcAddr (a restarted member
+// that takes its old address back).
+func (h *harness) startAt(prefix, grpcAddr string, edit func(*Config)) *testNode {
+	h.t.Helper()
+	var lis net.Listener
+	var err error
+	for try := 0; try < 50; try++ { // the old process's socket may linger a moment
+		if lis, err = net.Listen("tcp", grpcAddr); err == nil {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 	if err != nil {
 		h.t.Fatal(err)
 	}
