@@ -37,7 +37,7 @@ func tinySweep(t *testing.T) (dir string, m *Manifest) {
 		sh, _ := scaling.ParseShape(s, 16)
 		shapes = append(shapes, sh)
 	}
-	p := scaling.PlanSpec{Noises: []string{"masked", "uniform"}, Shapes: shapes, Budgets: []float64{4e8}, SeqLen: 32,
+	p := scaling.PlanSpec{Noises: []string{"masked", "uniform"}, Shapes: shapes, Budgets: []float64{2e8}, SeqLen: 32,
 		MicroBatch: 2, Laws: scaling.PaperLaws(), WarmupFrac: 0.1, WarmupMax: 10, Seed: 1}
 	runs, err := scaling.Plan(p)
 	if err != nil {
