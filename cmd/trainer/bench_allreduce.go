@@ -82,7 +82,7 @@ the wire per member per step.`,
 	fl.StringVar(&f.mpi, "mpi", "", "path of a built mpi_allreduce (shared/bench) to run with mpirun in the same run, loopback only")
 	fl.IntVar(&f.tcpMiB, "tcp-mib", 256, "MiB sent per raw TCP measurement")
 	fl.DurationVar(&f.deadline, "deadline", 30*time.Second, "allreduce deadline for a silent peer")
-	fl.BoolVar(&f.checksum, "checksum", false, "CRC-32C every message, as `trainer train --allreduce-checksum`")
+	fl.BoolVar(&f.checksum, "checksum", false, "CRC-32C every message, as trainer train --allreduce-checksum")
 	fl.IntVar(&f.layers, "layers", 0, "reduce the gradient of a model with this many layers instead of --sizes (its tensor shapes go to powersgd)")
 	fl.IntVar(&f.dim, "dim", 512, "with --layers: hidden size")
 	fl.IntVar(&f.heads, "heads", 8, "with --layers: attention heads")
