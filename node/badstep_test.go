@@ -4,6 +4,7 @@ import (
 	"errors"
 	"math"
 	"net"
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -136,6 +137,18 @@ func TestRingSkipsAlike(t *testing.T) {
 	}
 	if steps[0] != steps[1] {
 		t.Fatalf("members stopped at steps %d and %d", steps[0], steps[1])
+	}
+	// The joiner trains with the seed's configuration and writes it too.
+	var cfgs [2][]byte
+	for i, name := range []string{"a", "b"} {
+		b, err := os.ReadFile(filepath.Join(dir, name, EffectiveConfigFile))
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfgs[i] = b
+	}
+	if string(cfgs[0]) != string(cfgs[1]) {
+		t.Errorf("members wrote different configs:\n%s\n%s", cfgs[0], cfgs[1])
 	}
 	for _, name := range []string{"a", "b"} {
 		recs, err := ReadRecordsFile(filepath.Join(dir, name))
