@@ -30,6 +30,7 @@ type RingSettings struct {
 	BucketBytes       int    `json:"bucket_bytes"`
 	AllreduceChecksum bool   `json:"allreduce_checksum"`
 	ChecksumEvery     int    `json:"checksum_every"`
+	MaxBadSteps       int    `json:"max_bad_steps"`
 	MinNodes          int    `json:"min_nodes"`
 	MaxNodes          int    `json:"max_nodes"`
 }
@@ -45,14 +46,15 @@ type RunConfig struct {
 func (o *Options) ringSettings() RingSettings {
 	return RingSettings{
 		Codec: cmp.Or(o.Codec, "none"), PowerSGDRank: o.PowerSGDRank, BucketBytes: o.BucketBytes, AllreduceChecksum: o.AllreduceChecksum,
-		ChecksumEvery: o.ChecksumEvery, MinNodes: o.Cluster.MinNodes, MaxNodes: o.Cluster.MaxNodes,
+		ChecksumEvery: o.ChecksumEvery, MaxBadSteps: o.MaxBadSteps, MinNodes: o.Cluster.MinNodes, MaxNodes: o.Cluster.MaxNodes,
 	}
 }
 
 // adoptRing sets the node's options to the ring's settings.
 func (o *Options) adoptRing(r RingSettings) {
 	o.Codec, o.PowerSGDRank, o.BucketBytes, o.AllreduceChecksum = r.Codec, r.PowerSGDRank, r.BucketBytes, r.AllreduceChecksum
-	o.ChecksumEvery, o.Cluster.MinNodes, o.Cluster.MaxNodes = r.ChecksumEvery, r.MinNodes, r.MaxNodes
+	o.ChecksumEvery, o.MaxBadSteps = r.ChecksumEvery, r.MaxBadSteps
+	o.Cluster.MinNodes, o.Cluster.MaxNodes = r.MinNodes, r.MaxNodes
 }
 
 // ringFields maps the flags that must agree across the ring to the run
@@ -63,6 +65,7 @@ var ringFields = map[string]func(RunConfig) string{
 	"bucket-mb":          func(r RunConfig) string { return fmtFloat(float64(r.Ring.BucketBytes) / (1 << 20)) },
 	"allreduce-checksum": func(r RunConfig) string { return strconv.FormatBool(r.Ring.AllreduceChecksum) },
 	"checksum-every":     func(r RunConfig) string { return strconv.Itoa(r.Ring.ChecksumEvery) },
+	"max-bad-steps":      func(r RunConfig) string { return strconv.Itoa(r.Ring.MaxBadSteps) },
 	"min-nodes":          func(r RunConfig) string { return strconv.Itoa(r.Ring.MinNodes) },
 	"max-nodes":          func(r RunConfig) string { return strconv.Itoa(r.Ring.MaxNodes) },
 	"vocab":              func(r RunConfig) string { return strconv.Itoa(r.Train.Model.Vocab) },
@@ -138,7 +141,7 @@ func decodeRunConfig(b []byte) (RunConfig, error) {
 	if err := rc.Train.Validate(); err != nil {
 		return rc, fmt.Errorf("run config: %w", err)
 	}
-	if rc.Ring.BucketBytes < 0 || rc.Ring.ChecksumEvery < 0 || rc.Ring.MinNodes < 0 || rc.Ring.MaxNodes < 0 {
+	if rc.Ring.BucketBytes < 0 || rc.Ring.ChecksumEvery < 0 || rc.Ring.MaxBadSteps < 0 || rc.Ring.MinNodes < 0 || rc.Ring.MaxNodes < 0 {
 		return rc, fmt.Errorf("run config: bad ring settings %+v", rc.Ring)
 	}
 	return rc, nil
