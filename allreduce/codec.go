@@ -353,10 +353,7 @@ func (int8Codec) encode(dst []byte, src, add, res []float32, round bool) []byte 
 func int8Block(p []byte, v, res, out []float32) {
 	// The largest magnitude, compared as bits: for non-negative floats the
 	// integer order is the float order, and Inf and NaN sort last.
-	var mb uint32
-	for _, x := range v {
-		mb = max(mb, math.Float32bits(x)&0x7fffffff)
-	}
+	mb := absMax(v)
 	m := math.Float32frombits(mb)
 	scale, inv := m/127, float32(0)
 	if mb >= 0x7f800000 {
@@ -366,6 +363,45 @@ func int8Block(p []byte, v, res, out []float32) {
 	}
 	binary.LittleEndian.PutUint32(p, math.Float32bits(scale))
 	q := p[4 : 4+len(v)]
+	if inv > math.MaxFloat32 {
+		// m is subnormal and 127/m overflows: quantise in float64.
+		for i, x := range v {
+			k := int32(math.RoundToEven(float64(x) * (127 / float64(m))))
+			q[i] = byte(int8(k))
+			d := float32(k) * scale
+			if res != nil {
+				res[i] = x - d
+			}
+			if out != nil {
+				out[i] = d
+			}
+		}
+		return
+	}
+	k := quantFast(q, v, res, out, inv, scale)
+	var r, o []float32
+	if res != nil {
+		r = res[k:]
+	}
+	if out != nil {
+		o = out[k:]
+	}
+	quantGo(q[k:], v[k:], r, o, inv, scale)
+}
+
+// absMaxGo is the largest of v's values' bits with the sign cleared.
+func absMaxGo(v []float32) uint32 {
+	var mb uint32
+	for _, x := range v {
+		mb = max(mb, math.Float32bits(x)&0x7fffffff)
+	}
+	return mb
+}
+
+// quantGo sets q[i] = round(v[i]·inv), and res[i] = v[i] − q[i]·scale and
+// out[i] = q[i]·scale where res and out are not nil.
+func quantGo(q []byte, v, res, out []float32, inv, scale float32) {
+	q = q[:len(v)]
 	// Adding 1.5·2^23 rounds to the nearest integer, ties to even.
 	// |x·inv| ≤ 127·(1+2^-22), so the result needs no clamping.
 	const magic = 12582912
@@ -403,8 +439,14 @@ func (int8Codec) accumulate(dst []float32, p []byte, add []float32) error {
 		blk := dst[lo:min(lo+Int8Block, len(dst))]
 		scale := math.Float32frombits(binary.LittleEndian.Uint32(p))
 		q := p[4 : 4+len(blk)]
+		var a []float32
 		if add != nil {
-			a := add[lo : lo+len(blk)]
+			a = add[lo : lo+len(blk)]
+		}
+		k := deqFast(blk, q, a, scale, true)
+		blk, q = blk[k:], q[k:]
+		if a != nil {
+			a = a[k:]
 			for i := range blk {
 				blk[i] = blk[i] + a[i] + float32(int8(q[i]))*scale
 			}
@@ -413,7 +455,7 @@ func (int8Codec) accumulate(dst []float32, p []byte, add []float32) error {
 				blk[i] += float32(int8(q[i])) * scale
 			}
 		}
-		p = p[4+len(blk):]
+		p = p[4+len(q)+k:]
 	}
 	return nil
 }
@@ -426,8 +468,9 @@ func (int8Codec) decode(dst []float32, p []byte) error {
 		blk := dst[lo:min(lo+Int8Block, len(dst))]
 		scale := math.Float32frombits(binary.LittleEndian.Uint32(p))
 		q := p[4 : 4+len(blk)]
-		for i := range blk {
-			blk[i] = float32(int8(q[i])) * scale
+		k := deqFast(blk, q, nil, scale, false)
+		for i := range blk[k:] {
+			blk[k+i] = float32(int8(q[k+i])) * scale
 		}
 		p = p[4+len(blk):]
 	}

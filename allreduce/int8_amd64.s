@@ -1,0 +1,209 @@
+#include "textflag.h"
+
+// AVX2 kernels of the int8 codec (int8_amd64.go). Both take a length that
+// is a multiple of 32; the Go code does the rest.
+
+// VPERMD indices that undo the lane interleaving of VPACKSSDW+VPACKSSWB.
+DATA permIdx<>+0(SB)/4, $0
+DATA permIdx<>+4(SB)/4, $4
+DATA permIdx<>+8(SB)/4, $1
+DATA permIdx<>+12(SB)/4, $5
+DATA permIdx<>+16(SB)/4, $2
+DATA permIdx<>+20(SB)/4, $6
+DATA permIdx<>+24(SB)/4, $3
+DATA permIdx<>+28(SB)/4, $7
+GLOBL permIdx<>(SB), RODATA|NOPTR, $32
+
+// func absMaxAVX2(v []float32) uint32
+TEXT ·absMaxAVX2(SB), NOSPLIT, $0-28
+	MOVQ v_base+0(FP), SI
+	MOVQ v_len+8(FP), CX
+	SHRQ $5, CX
+	MOVL $0x7fffffff, AX
+	MOVL AX, X12
+	VPBROADCASTD X12, Y12
+	VPXOR Y0, Y0, Y0
+	VPXOR Y1, Y1, Y1
+	VPXOR Y2, Y2, Y2
+	VPXOR Y3, Y3, Y3
+	TESTQ CX, CX
+	JZ    reduce
+
+loop:
+	VPAND   (SI), Y12, Y4
+	VPAND   32(SI), Y12, Y5
+	VPAND   64(SI), Y12, Y6
+	VPAND   96(SI), Y12, Y7
+	VPMAXUD Y4, Y0, Y0
+	VPMAXUD Y5, Y1, Y1
+	VPMAXUD Y6, Y2, Y2
+	VPMAXUD Y7, Y3, Y3
+	ADDQ    $128, SI
+	DECQ    CX
+	JNZ     loop
+
+reduce:
+	VPMAXUD     Y1, Y0, Y0
+	VPMAXUD     Y3, Y2, Y2
+	VPMAXUD     Y2, Y0, Y0
+	VEXTRACTI128 $1, Y0, X1
+	VPMAXUD     X1, X0, X0
+	VPSHUFD     $0x4e, X0, X1
+	VPMAXUD     X1, X0, X0
+	VPSHUFD     $0xb1, X0, X1
+	VPMAXUD     X1, X0, X0
+	MOVL        X0, AX
+	MOVL        AX, ret+24(FP)
+	VZEROUPPER
+	RET
+
+// func quantAVX2(q []byte, v, res, out []float32, inv, scale float32)
+// q[i] = round(v[i]·inv) (ties to even, by adding 1.5·2^23); if res is not
+// nil res[i] = v[i] − q[i]·scale; if out is not nil out[i] = q[i]·scale.
+TEXT ·quantAVX2(SB), NOSPLIT, $0-104
+	MOVQ q_base+0(FP), DI
+	MOVQ v_base+24(FP), SI
+	MOVQ v_len+32(FP), CX
+	MOVQ res_base+48(FP), R8
+	MOVQ out_base+72(FP), R9
+	VBROADCASTSS inv+96(FP), Y15
+	VBROADCASTSS scale+100(FP), Y14
+	MOVL $0x4b400000, AX // 12582912.0
+	MOVL AX, X13
+	VPBROADCASTD X13, Y13
+	MOVL $0x007fffff, AX
+	MOVL AX, X12
+	VPBROADCASTD X12, Y12
+	MOVL $0x00400000, AX
+	MOVL AX, X11
+	VPBROADCASTD X11, Y11
+	VMOVDQU permIdx<>(SB), Y10
+	SHRQ $5, CX
+	TESTQ CX, CX
+	JZ    done
+
+loop:
+	VMOVUPS (SI), Y0
+	VMOVUPS 32(SI), Y1
+	VMOVUPS 64(SI), Y2
+	VMOVUPS 96(SI), Y3
+	VMULPS  Y15, Y0, Y4
+	VMULPS  Y15, Y1, Y5
+	VMULPS  Y15, Y2, Y6
+	VMULPS  Y15, Y3, Y7
+	VADDPS  Y13, Y4, Y4
+	VADDPS  Y13, Y5, Y5
+	VADDPS  Y13, Y6, Y6
+	VADDPS  Y13, Y7, Y7
+	VPAND   Y12, Y4, Y4
+	VPAND   Y12, Y5, Y5
+	VPAND   Y12, Y6, Y6
+	VPAND   Y12, Y7, Y7
+	VPSUBD  Y11, Y4, Y4
+	VPSUBD  Y11, Y5, Y5
+	VPSUBD  Y11, Y6, Y6
+	VPSUBD  Y11, Y7, Y7
+	TESTQ   R8, R8
+	JNZ     decoded
+	TESTQ   R9, R9
+	JZ      pack
+
+decoded:
+	VCVTDQ2PS Y4, Y8
+	VCVTDQ2PS Y5, Y9
+	VMULPS    Y14, Y8, Y8
+	VMULPS    Y14, Y9, Y9
+	TESTQ     R9, R9
+	JZ        res01
+	VMOVUPS   Y8, (R9)
+	VMOVUPS   Y9, 32(R9)
+
+res01:
+	TESTQ   R8, R8
+	JZ      next23
+	VSUBPS  Y8, Y0, Y8
+	VSUBPS  Y9, Y1, Y9
+	VMOVUPS Y8, (R8)
+	VMOVUPS Y9, 32(R8)
+
+next23:
+	VCVTDQ2PS Y6, Y8
+	VCVTDQ2PS Y7, Y9
+	VMULPS    Y14, Y8, Y8
+	VMULPS    Y14, Y9, Y9
+	TESTQ     R9, R9
+	JZ        res23
+	VMOVUPS   Y8, 64(R9)
+	VMOVUPS   Y9, 96(R9)
+	ADDQ      $128, R9
+
+res23:
+	TESTQ   R8, R8
+	JZ      pack
+	VSUBPS  Y8, Y2, Y8
+	VSUBPS  Y9, Y3, Y9
+	VMOVUPS Y8, 64(R8)
+	VMOVUPS Y9, 96(R8)
+	ADDQ    $128, R8
+
+pack:
+	VPACKSSDW Y5, Y4, Y4
+	VPACKSSDW Y7, Y6, Y6
+	VPACKSSWB Y6, Y4, Y4
+	VPERMD    Y4, Y10, Y4
+	VMOVDQU   Y4, (DI)
+	ADDQ      $128, SI
+	ADDQ      $32, DI
+	DECQ      CX
+	JNZ       loop
+
+done:
+	VZEROUPPER
+	RET
+
+// func deqAVX2(dst []float32, q []byte, add []float32, scale float32, acc bool)
+// dst[i] = q[i]·scale, or with acc dst[i] = dst[i] (+ add[i] if add is not
+// nil) + q[i]·scale; len(dst) is a multiple of 16.
+TEXT ·deqAVX2(SB), NOSPLIT, $0-77
+	MOVQ dst_base+0(FP), DI
+	MOVQ dst_len+8(FP), CX
+	MOVQ q_base+24(FP), SI
+	MOVQ add_base+48(FP), R8
+	VBROADCASTSS scale+72(FP), Y14
+	MOVBLZX acc+76(FP), DX
+	SHRQ $4, CX
+	TESTQ CX, CX
+	JZ    ddone
+
+dloop:
+	VPMOVSXBD (SI), Y0
+	VPMOVSXBD 8(SI), Y1
+	VCVTDQ2PS Y0, Y0
+	VCVTDQ2PS Y1, Y1
+	VMULPS    Y14, Y0, Y0
+	VMULPS    Y14, Y1, Y1
+	TESTQ     DX, DX
+	JZ        dstore
+	VMOVUPS   (DI), Y2
+	VMOVUPS   32(DI), Y3
+	TESTQ     R8, R8
+	JZ        dsum
+	VADDPS    (R8), Y2, Y2
+	VADDPS    32(R8), Y3, Y3
+	ADDQ      $64, R8
+
+dsum:
+	VADDPS Y0, Y2, Y0
+	VADDPS Y1, Y3, Y1
+
+dstore:
+	VMOVUPS Y0, (DI)
+	VMOVUPS Y1, 32(DI)
+	ADDQ    $64, DI
+	ADDQ    $16, SI
+	DECQ    CX
+	JNZ     dloop
+
+ddone:
+	VZEROUPPER
+	RET

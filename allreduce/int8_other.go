@@ -1,0 +1,12 @@
+//go:build !amd64
+
+package allreduce
+
+// absMax is the largest of v's values' bits with the sign cleared.
+func absMax(v []float32) uint32 { return absMaxGo(v) }
+
+// quantFast has no vector kernel here: the scalar loop does everything.
+func quantFast(q []byte, v, res, out []float32, inv, scale float32) int { return 0 }
+
+// deqFast has no vector kernel here: the scalar loop does everything.
+func deqFast(dst []float32, q []byte, add []float32, scale float32, acc bool) int { return 0 }
