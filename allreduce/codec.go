@@ -230,16 +230,21 @@ func (bf16Codec) encode(dst []byte, src, add, res []float32, round bool) []byte 
 	switch {
 	case ok && add == nil && res == nil:
 		h = h[:len(src)]
+		var out []float32
+		if round {
+			out = src
+		}
+		k := bf16EncFast(h, src, out)
 		if !round {
-			for i, x := range src {
-				h[i] = toBF16(x)
+			for i, x := range src[k:] {
+				h[k+i] = toBF16(x)
 			}
 			return dst
 		}
-		for i, x := range src {
+		for i, x := range src[k:] {
 			b := toBF16(x)
-			h[i] = b
-			src[i] = fromBF16(b)
+			h[k+i] = b
+			src[k+i] = fromBF16(b)
 		}
 		return dst
 	}
@@ -273,7 +278,7 @@ func (bf16Codec) accumulate(dst []float32, p []byte, add []float32) error {
 	}
 	if h, ok := u16s(p); ok && add == nil {
 		h = h[:len(dst)]
-		for i := range dst {
+		for i := bf16DecFast(dst, h, true); i < len(dst); i++ {
 			dst[i] += fromBF16(h[i])
 		}
 		return nil
@@ -291,7 +296,7 @@ func (bf16Codec) decode(dst []float32, p []byte) error {
 	}
 	if h, ok := u16s(p); ok {
 		h = h[:len(dst)]
-		for i := range dst {
+		for i := bf16DecFast(dst, h, false); i < len(dst); i++ {
 			dst[i] = fromBF16(h[i])
 		}
 		return nil

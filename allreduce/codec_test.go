@@ -334,3 +334,43 @@ func TestInt8Subnormal(t *testing.T) {
 		}
 	}
 }
+
+// TestBF16KernelsAgree: the vector kernels round and widen bit for bit as
+// toBF16 and fromBF16 do, NaNs, infinities and ties included.
+func TestBF16KernelsAgree(t *testing.T) {
+	rng := rand.New(rand.NewPCG(8, 8))
+	special := []uint32{0x3f808000, 0x3f818000, 0x7f7fffff, 0x7f800000, 0xff800000, 0x7fc00001, 0x7f800001, 0xff800001, 0x80000000, 0x00000001}
+	for _, n := range []int{0, 15, 16, 17, 64, 100} {
+		v := make([]float32, n)
+		for i := range v {
+			v[i] = math.Float32frombits(rng.Uint32())
+			if rng.IntN(4) == 0 {
+				v[i] = math.Float32frombits(special[rng.IntN(len(special))])
+			}
+		}
+		h, out := make([]uint16, n), make([]float32, n)
+		k := bf16EncFast(h, v, out)
+		for i := range k {
+			if want := toBF16(v[i]); h[i] != want || math.Float32bits(out[i]) != math.Float32bits(fromBF16(want)) {
+				t.Fatalf("n %d: %08x became %04x (%08x), scalar %04x", n, math.Float32bits(v[i]), h[i], math.Float32bits(out[i]), want)
+			}
+		}
+		for _, acc := range []bool{false, true} {
+			dst := make([]float32, n)
+			for i := range dst {
+				dst[i] = float32(rng.NormFloat64())
+			}
+			want := append([]float32(nil), dst...)
+			k := bf16DecFast(dst, h, acc)
+			for i := range k {
+				w := fromBF16(h[i])
+				if acc {
+					w += want[i]
+				}
+				if math.Float32bits(dst[i]) != math.Float32bits(w) {
+					t.Fatalf("n %d acc %v: element %d is %v, scalar %v", n, acc, i, dst[i], w)
+				}
+			}
+		}
+	}
+}
