@@ -2,7 +2,7 @@
 // ring: a bandwidth-optimal ring reduce-scatter then all-gather, chunked and
 // pipelined, over a Transport (gRPC between processes, or in memory for
 // tests), with gradients compressed by a codec chosen per run (none, bf16,
-// bf16-zstd, int8 with error feedback).
+// bf16-zstd, int8 with error feedback, PowerSGD).
 //
 // A Reducer owns one member's side of the ring. The cluster decides the ring
 // (its members, their order and the generation number) and passes it in; the
@@ -20,6 +20,10 @@
 // Any failure (a peer that dies, stalls past Config.Deadline, or sends a
 // malformed message) makes Wait return an error on every member, naming the
 // peer; the caller then agrees on a new generation and redoes the step.
+//
+// PROFILE.md records where the ring's CPU goes and what was done about it;
+// powersgd.go describes the PowerSGD codec and how its state stays equal
+// on every member across ring changes.
 package allreduce
 
 import (
