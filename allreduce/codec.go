@@ -334,10 +334,7 @@ func (int8Codec) encode(dst []byte, src, add, res []float32, round bool) []byte 
 		v := blk // out may alias v: each element is read before it is written
 		if add != nil {
 			v = y[:len(blk)]
-			a := add[lo : lo+len(blk)]
-			for i, x := range blk {
-				v[i] = x + a[i]
-			}
+			add2(v, blk, add[lo:lo+len(blk)])
 		}
 		var e, out []float32
 		if res != nil {

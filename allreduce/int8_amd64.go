@@ -70,3 +70,21 @@ func deqFast(dst []float32, q []byte, add []float32, scale float32, acc bool) in
 	deqAVX2(dst[:k], q[:k], a, scale, acc)
 	return k
 }
+
+// addAVX2 sets dst[i] = a[i] + b[i] (len a multiple of 16).
+//
+//go:noescape
+func addAVX2(dst, a, b []float32)
+
+// add2 sets dst[i] = a[i] + b[i].
+func add2(dst, a, b []float32) {
+	k := 0
+	if haveAVX2 {
+		k = len(dst) &^ 15
+		addAVX2(dst[:k], a[:k], b[:k])
+	}
+	a, b = a[k:len(dst)], b[k:len(dst)]
+	for i := range a {
+		dst[k+i] = a[i] + b[i]
+	}
+}

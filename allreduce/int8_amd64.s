@@ -207,3 +207,31 @@ dstore:
 ddone:
 	VZEROUPPER
 	RET
+
+// func addAVX2(dst, a, b []float32)
+// dst[i] = a[i] + b[i]; len(dst) is a multiple of 16.
+TEXT ·addAVX2(SB), NOSPLIT, $0-72
+	MOVQ dst_base+0(FP), DI
+	MOVQ dst_len+8(FP), CX
+	MOVQ a_base+24(FP), SI
+	MOVQ b_base+48(FP), R8
+	SHRQ $4, CX
+	TESTQ CX, CX
+	JZ    adone
+
+aloop:
+	VMOVUPS (SI), Y0
+	VMOVUPS 32(SI), Y1
+	VADDPS  (R8), Y0, Y0
+	VADDPS  32(R8), Y1, Y1
+	VMOVUPS Y0, (DI)
+	VMOVUPS Y1, 32(DI)
+	ADDQ    $64, DI
+	ADDQ    $64, SI
+	ADDQ    $64, R8
+	DECQ    CX
+	JNZ     aloop
+
+adone:
+	VZEROUPPER
+	RET

@@ -16,3 +16,11 @@ func bf16EncFast(h []uint16, v, out []float32) int { return 0 }
 
 // bf16DecFast has no vector kernel here.
 func bf16DecFast(dst []float32, h []uint16, acc bool) int { return 0 }
+
+// add2 sets dst[i] = a[i] + b[i].
+func add2(dst, a, b []float32) {
+	a, b = a[:len(dst)], b[:len(dst)]
+	for i := range a {
+		dst[i] = a[i] + b[i]
+	}
+}
