@@ -52,7 +52,7 @@ Runs that are unfinished or whose files are corrupt are reported and skipped.`,
 	fs.StringVar(&f.out, "out", "", "directory for fit.json and the PNG plots (empty: none)")
 	fs.BoolVar(&f.json, "json", false, "print one JSON object keyed by noise type instead of tables")
 	fs.IntVar(&f.bootstrap, "bootstrap", 10000, "bootstrap resamples for the laws in C")
-	fs.IntVar(&f.surfBoot, "bootstrap-surface", 1000, "bootstrap resamples for the 2-D surface")
+	fs.IntVar(&f.surfBoot, "bootstrap-surface", 200, "bootstrap resamples for the 2-D surface (each a 5-parameter fit)")
 	fs.Float64Var(&f.delta, "huber-delta", 1e-3, "Huber δ on log-loss residuals of the 2-D surface (Chinchilla's)")
 	fs.Float64Var(&f.lawDelta, "huber-delta-law", 0.1, "Huber δ on log residuals of the power laws through the optima")
 	fs.Float64Var(&f.ema, "ema", 0.95, "EMA factor for smoothing each run's ELBO")
@@ -326,7 +326,8 @@ func fitPlots(out string, fits []*scaling.NoiseFit, runs []sweep.Result) error {
 		{"M_opt.png", "M*(C)", func(n *scaling.NoiseFit) *scaling.Law { return n.MOpt }, func(o scaling.Optimum) float64 { return o.M }},
 		{"D_opt.png", "D*(C)", func(n *scaling.NoiseFit) *scaling.Law { return n.DOpt }, func(o scaling.Optimum) float64 { return o.D }},
 	} {
-		p := logPlot(q.title+" with fitted power laws", "C (FLOPs)", q.title, true, true)
+		// Losses span less than a decade: a linear axis keeps its labels.
+		p := logPlot(q.title+" with fitted power laws", "C (FLOPs)", q.title, true, q.file != "L_opt.png")
 		drawn := false
 		for i, nf := range fits {
 			var xy plotter.XYs
