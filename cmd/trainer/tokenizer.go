@@ -90,7 +90,11 @@ var tokCodecFlags struct {
 var tokEncodeCmd = &cobra.Command{
 	Use:   "encode",
 	Short: "Read text on stdin, write its token ids on stdout, separated by spaces",
-	Args:  cobra.NoArgs,
+	Long: `encode reads all of stdin as bytes (any bytes: invalid UTF-8 round-trips), encodes
+them with the tokenizer.json given by --tokenizer exactly as the Hugging Face tokenizers
+library does, and writes the ids on one line. No special tokens are added unless
+--special (the tokenizer's post-processor template, e.g. BOS ... EOS).`,
+	Args: cobra.NoArgs,
 	RunE: func(cmd *cobra.Command, _ []string) error {
 		t, err := tokenizer.Load(tokCodecFlags.path)
 		if err != nil {
@@ -116,7 +120,9 @@ var tokEncodeCmd = &cobra.Command{
 var tokDecodeCmd = &cobra.Command{
 	Use:   "decode",
 	Short: "Read token ids on stdin (separated by white space), write their text on stdout",
-	Args:  cobra.NoArgs,
+	Long: `decode reads token ids separated by white space on stdin and writes their bytes on
+stdout, skipping special tokens. An id outside the vocabulary is an error that names it.`,
+	Args: cobra.NoArgs,
 	RunE: func(cmd *cobra.Command, _ []string) error {
 		t, err := tokenizer.Load(tokCodecFlags.path)
 		if err != nil {
