@@ -66,12 +66,12 @@ type Result struct {
 // rtol; the later steps before firstKill within 1e-2 (another ring size
 // sums in another order, and the differences grow from step to step).
 //
-// A member killed right after it completed a step that its ring-mates had
-// not (its last gradient chunks were still on the wire) recorded a step
-// that died with it: the survivors redo it in a new ring. Such an orphan
-// record, the victim's last before its kill and matched by no other
-// member, is set aside, with its sample-log lines.
-func Check(dir string, batch int, ref map[int64]float64, refMembers map[int64]int, firstKill int64, rtol float64, evs []Event) Result {
+// A member killed or cut off right after it completed a step that its
+// ring-mates had not (their last gradient chunks were still on the wire)
+// recorded a step that died with it: the survivors redo it in a new ring.
+// Such orphan records (see orphanSteps) are set aside, with their
+// sample-log lines.
+func Check(dir string, batch int, ref map[int64]float64, refMembers map[int64]int, firstKill int64, rtol float64) Result {
 	var res Result
 	bad := func(format string, args ...any) {
 		if len(res.Problems) < 50 {
@@ -93,7 +93,7 @@ func Check(dir string, batch int, ref map[int64]float64, refMembers map[int64]in
 		}
 		all[filepath.Base(d)] = recs
 	}
-	orphans := orphanSteps(all, evs)
+	orphans := orphanSteps(all)
 	res.Orphans = len(orphans)
 	steps := map[int64]seen{}
 	for _, d := range dirs {
@@ -275,27 +275,50 @@ func (s Summary) String() string {
 		r(s.CoordRecoveryMedian), r(s.CoordRecoveryMax), r(s.RejoinMedian), r(s.RejoinMax))
 }
 
-// orphanSteps finds the (step, generation) records that only a killed
-// member wrote, as its last record before the kill.
-func orphanSteps(all map[string][]node.Record, evs []Event) map[[2]int64]bool {
-	count := map[[2]int64]int{}
+// orphanSteps finds the (step, generation) pairs that only some members of
+// the generation completed while the step was completed again in another
+// generation: members killed or cut off right after their last gradient
+// chunk arrived, whose update died with them (or was replaced by the state
+// they took from the ring when they came back).
+func orphanSteps(all map[string][]node.Record) map[[2]int64]bool {
+	type tally struct{ count, members int }
+	byStep := map[int64]map[uint64]*tally{}
 	for _, recs := range all {
 		for _, r := range recs {
-			count[[2]int64{r.Step, int64(r.Generation)}]++
+			g := byStep[r.Step]
+			if g == nil {
+				g = map[uint64]*tally{}
+				byStep[r.Step] = g
+			}
+			if g[r.Generation] == nil {
+				g[r.Generation] = &tally{}
+			}
+			g[r.Generation].count++
+			g[r.Generation].members = max(g[r.Generation].members, r.Members)
 		}
 	}
 	out := map[[2]int64]bool{}
-	for _, e := range evs {
-		var last *node.Record
-		for i, r := range all[e.Victim] {
-			if !r.Time.After(e.At) {
-				last = &all[e.Victim][i]
+	for step, gens := range byStep {
+		if len(gens) < 2 {
+			continue
+		}
+		var complete []uint64
+		var newest uint64
+		for g, t := range gens {
+			newest = max(newest, g)
+			if t.count >= t.members {
+				complete = append(complete, g)
 			}
 		}
-		if last != nil {
-			k := [2]int64{last.Step, int64(last.Generation)}
-			if count[k] == 1 {
-				out[k] = true
+		keep := newest
+		if len(complete) == 1 {
+			keep = complete[0]
+		} else if len(complete) > 1 {
+			continue // two complete generations: Check reports the step
+		}
+		for g := range gens {
+			if g != keep {
+				out[[2]int64{step, int64(g)}] = true
 			}
 		}
 	}

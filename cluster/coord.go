@@ -163,6 +163,9 @@ func (c *Cluster) round(now time.Time) {
 			ring[i].Fresh = false
 		}
 	}
+	if !c.reachable(ring, cur) {
+		return // an unreachable candidate was set aside; the next round goes without it
+	}
 	p := &proposal{ID: id, Base: cur.ID, Coordinator: c.name, Ring: ring}
 	acks, ok := c.propose(p)
 	if !ok {
@@ -177,6 +180,40 @@ func (c *Cluster) round(now time.Time) {
 		}
 	}
 	c.commitAll(g)
+}
+
+// reachable asks every candidate that is not in the current ring for its
+// status, briefly, before a proposal is sent: a proposal interrupts the
+// step of every member, so a candidate that cannot be reached (a partition,
+// a process that is gone, another process on its old address) is punished
+// without costing the ring a step.
+func (c *Cluster) reachable(ring []Member, cur Generation) bool {
+	ok := true
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for _, m := range ring {
+		if m.Name == c.name || cur.Has(m.Name) {
+			continue
+		}
+		wg.Go(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), min(c.cfg.Timing.RPCTimeout, time.Second))
+			defer cancel()
+			var st Status
+			err := c.call(ctx, m.Addr, methodStatus, &statusRequest{}, &st)
+			if err == nil && st.Self != m.Name {
+				err = fmt.Errorf("answered by %q", st.Self)
+			}
+			if err != nil {
+				c.log.Info("candidate not reachable, kept out for now", "member", m.Name, "err", err)
+				c.punish(m.Name)
+				mu.Lock()
+				ok = false
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	return ok
 }
 
 // waiting logs, once per reason, why no generation can be formed.

@@ -136,8 +136,9 @@ func (c *Cluster) electable(view []MemberInfo) []MemberInfo {
 // penaltyFor is how long a member that failed is kept out of new rings: it
 // starts short (a candidate that was not listening yet is retried within a
 // second or two) and doubles with every failure in a row, with jitter, up to
-// the Timing's Penalty for proposals and 10× that for members blamed for
-// failed steps, so a member that keeps breaking steps is in effect excluded.
+// a quarter of the Timing's Penalty for candidates that did not answer and
+// 10× the Penalty for members blamed for failed steps, so a member that
+// keeps breaking steps is in effect excluded.
 // Callers hold c.mu.
 func (c *Cluster) penaltyFor(name string, blamed bool) time.Duration {
 	now := time.Now()
@@ -148,9 +149,12 @@ func (c *Cluster) penaltyFor(name string, blamed bool) time.Duration {
 	s.n++
 	s.last = now
 	c.strikes[name] = s
-	limit := c.cfg.Timing.Penalty
+	// Candidates are probed before a proposal (reachable), which costs the
+	// ring nothing, so they are retried often; members blamed for failed
+	// steps cost the ring a step each time.
+	limit := c.cfg.Timing.Penalty / 4
 	if blamed {
-		limit *= 10
+		limit = 10 * c.cfg.Timing.Penalty
 	}
 	d := c.cfg.Timing.Penalty / 16
 	for i := 1; i < s.n && d < limit; i++ {
