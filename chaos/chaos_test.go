@@ -84,7 +84,7 @@ func runChaos(t *testing.T, events int, d time.Duration, seed uint64, conflict f
 	}
 	ref, refMembers := reference(t, bin, data, min(first+1, 300))
 	res := Check(dir, 12, ref, refMembers, first+1, 1e-4)
-	t.Logf("checked %d steps, %d records, %d compared with the undisturbed run (1e-4 before the first membership change of either run at step %d, 1e-2 until the first kill), %d steps completed only by a member killed right after (redone by the survivors)",
+	t.Logf("checked %d steps, %d records, %d compared with the undisturbed run (1e-4 before the first membership change of either run at step %d, 1e-2 for 100 steps after it, until the first kill), %d steps completed only by a member killed right after (redone by the survivors)",
 		res.Steps, res.Records, res.Compared, res.FirstChange, res.Orphans)
 	for _, p := range res.Problems {
 		t.Error(p)
