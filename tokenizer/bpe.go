@@ -38,50 +38,8 @@ type cand struct {
 	rank, pos, id int32
 }
 
-func less(x, y cand) bool {
+func (x cand) before(y cand) bool {
 	return x.rank < y.rank || (x.rank == y.rank && x.pos < y.pos)
-}
-
-// heap is a binary min-heap of candidates.
-type heap []cand
-
-func (h *heap) push(c cand) {
-	*h = append(*h, c)
-	s := *h
-	i := len(s) - 1
-	for i > 0 {
-		p := (i - 1) / 2
-		if !less(s[i], s[p]) {
-			break
-		}
-		s[i], s[p] = s[p], s[i]
-		i = p
-	}
-}
-
-func (h *heap) pop() cand {
-	s := *h
-	top := s[0]
-	n := len(s) - 1
-	s[0] = s[n]
-	s = s[:n]
-	i := 0
-	for {
-		l, m := 2*i+1, i
-		if l < n && less(s[l], s[m]) {
-			m = l
-		}
-		if l+1 < n && less(s[l+1], s[m]) {
-			m = l + 1
-		}
-		if m == i {
-			break
-		}
-		s[i], s[m] = s[m], s[i]
-		i = m
-	}
-	*h = s
-	return top
 }
 
 // encode appends the ids of one pre-tokenized word (raw bytes).
@@ -123,7 +81,7 @@ func (m *bpe) encode(dst []int32, word []byte) []int32 {
 // ranks, as Hugging Face's BPE does, with a heap over a linked list.
 func (m *bpe) merge(dst []int32, word []byte) []int32 {
 	sym := make([]symbol, len(word))
-	var h heap = make([]cand, 0, len(word))
+	h := minHeap[cand](make([]cand, 0, len(word)))
 	for i, b := range word {
 		sym[i] = symbol{id: m.byteID[b], prev: int32(i) - 1, next: int32(i) + 1}
 	}

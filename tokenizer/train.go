@@ -124,50 +124,11 @@ type twoIDs struct {
 }
 
 // before orders the heap: higher count first, then the smaller pair.
-func before(x, y twoIDs) bool {
+func (x twoIDs) before(y twoIDs) bool {
 	if x.n != y.n {
 		return x.n > y.n
 	}
 	return x.p.a < y.p.a || (x.p.a == y.p.a && x.p.b < y.p.b)
-}
-
-type pairHeap []twoIDs
-
-func (h *pairHeap) push(x twoIDs) {
-	*h = append(*h, x)
-	s := *h
-	for i := len(s) - 1; i > 0; {
-		p := (i - 1) / 2
-		if !before(s[i], s[p]) {
-			break
-		}
-		s[i], s[p] = s[p], s[i]
-		i = p
-	}
-}
-
-func (h *pairHeap) pop() twoIDs {
-	s := *h
-	top := s[0]
-	n := len(s) - 1
-	s[0] = s[n]
-	s = s[:n]
-	for i := 0; ; {
-		l, m := 2*i+1, i
-		if l < n && before(s[l], s[m]) {
-			m = l
-		}
-		if l+1 < n && before(s[l+1], s[m]) {
-			m = l + 1
-		}
-		if m == i {
-			break
-		}
-		s[i], s[m] = s[m], s[i]
-		i = m
-	}
-	*h = s
-	return top
 }
 
 // Finish learns the merges and returns the tokenizer.json.
@@ -196,7 +157,7 @@ func (tr *Trainer) Finish() ([]byte, error) {
 			where[p] = append(where[p], int32(i))
 		}
 	}
-	var h pairHeap
+	var h minHeap[twoIDs]
 	for p, n := range pairs {
 		h.push(twoIDs{p, n})
 	}
