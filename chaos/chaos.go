@@ -295,11 +295,13 @@ func (r *runner) waitStep(slots []*slot, step int64, since time.Time, limit time
 	return -1, fmt.Errorf("no step completed within %v", limit)
 }
 
-// addr returns a 127.0.0.1 address whose port is free for TCP and UDP, below
-// the ephemeral range, never handed out twice in a run.
+// addr returns a 127.0.0.1 address whose port is free for TCP and UDP, in
+// 10000-19999 (below the ephemeral range, and apart from the node tests'
+// 20000-31999, which may run at the same time), never handed out twice in a
+// run.
 func (r *runner) addr() string {
 	for {
-		p := 20000 + r.rng.IntN(12000)
+		p := 10000 + r.rng.IntN(10000)
 		if r.ports[p] {
 			continue
 		}

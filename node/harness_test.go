@@ -266,6 +266,7 @@ func sampleRanges(t *testing.T, dirs ...string) map[int64][][2]int64 {
 	t.Helper()
 	out := map[int64][][2]int64{}
 	seen := map[[4]int64]bool{}
+	orphan := orphanSteps(t, dirs)
 	for _, d := range dirs {
 		f, err := os.Open(filepath.Join(d, "samples.log"))
 		if err != nil {
@@ -280,12 +281,59 @@ func sampleRanges(t *testing.T, dirs ...string) map[int64][][2]int64 {
 			if _, err := fmt.Sscan(sc.Text(), &step, &lo, &hi, &gen, &rank); err != nil {
 				t.Fatalf("%s: %q: %v", d, sc.Text(), err)
 			}
-			if k := [4]int64{step, lo, hi, gen}; !seen[k] {
+			if k := [4]int64{step, lo, hi, gen}; !seen[k] && !orphan[[2]int64{step, gen}] {
 				seen[k] = true
 				out[step] = append(out[step], [2]int64{lo, hi})
 			}
 		}
 		f.Close()
+	}
+	return out
+}
+
+// orphanSteps finds the (sample-log step, generation) pairs that only some
+// members of the generation completed while the step was completed in
+// another generation: a member killed right after its last gradient chunk
+// arrived applied a step its ring-mates had not; its update died with it,
+// and the survivors redid the step in a new ring.
+func orphanSteps(t *testing.T, dirs []string) map[[2]int64]bool {
+	t.Helper()
+	type tally struct{ count, members int }
+	gens := map[int64]map[uint64]*tally{}
+	for _, d := range dirs {
+		recs, err := ReadRecordsFile(filepath.Join(d, "metrics.jsonl"))
+		if err != nil && !os.IsNotExist(err) {
+			t.Fatal(err)
+		}
+		for _, r := range recs {
+			g := gens[r.Step-1]
+			if g == nil {
+				g = map[uint64]*tally{}
+				gens[r.Step-1] = g
+			}
+			if g[r.Generation] == nil {
+				g[r.Generation] = &tally{}
+			}
+			g[r.Generation].count++
+			g[r.Generation].members = max(g[r.Generation].members, r.Members)
+		}
+	}
+	out := map[[2]int64]bool{}
+	for step, g := range gens {
+		complete := 0
+		for _, c := range g {
+			if c.count >= c.members {
+				complete++
+			}
+		}
+		if len(g) < 2 || complete != 1 {
+			continue // one generation, or a real double (checkExactlyOnce reports it)
+		}
+		for id, c := range g {
+			if c.count < c.members {
+				out[[2]int64{step, int64(id)}] = true
+			}
+		}
 	}
 	return out
 }
