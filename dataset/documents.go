@@ -40,26 +40,8 @@ func Documents(ctx context.Context, o PrepareOptions, fn func(text []byte)) erro
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	work := make(chan *job, o.Workers*2)
-	order := make(chan *job, o.Workers*4)
-	var wg sync.WaitGroup
-	for range o.Workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for j := range work {
-				_, j.err = o.tokenize(j)
-				close(j.done)
-			}
-		}()
-	}
-	var prodErr error
-	go func() {
-		defer close(order)
-		defer close(work)
-		st := &PrepareStats{Documents: map[string]int64{}, Sequences: map[string]int64{}, Dropped: map[string]int64{}}
-		prodErr = o.produce(ctx, files, int64(o.MaxMB*(1<<20)), st, work, order)
-	}()
+	st := &PrepareStats{Documents: map[string]int64{}, Sequences: map[string]int64{}, Dropped: map[string]int64{}}
+	order, wait := o.pipeline(ctx, files, int64(o.MaxMB*(1<<20)), st)
 	var first error
 	for j := range order {
 		select {
@@ -75,9 +57,8 @@ func Documents(ctx context.Context, o PrepareOptions, fn func(text []byte)) erro
 			cancel()
 		}
 	}
-	wg.Wait()
-	if first == nil {
-		first = prodErr
+	if err := wait(); first == nil {
+		first = err
 	}
 	return first
 }

@@ -148,25 +148,7 @@ func Prepare(ctx context.Context, o PrepareOptions) (*PrepareStats, error) {
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	work := make(chan *job, o.Workers*2)
-	order := make(chan *job, o.Workers*4)
-	var wg sync.WaitGroup
-	for range o.Workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for j := range work {
-				j.docs, j.err = o.tokenize(j)
-				close(j.done)
-			}
-		}()
-	}
-	var prodErr error
-	go func() {
-		defer close(order)
-		defer close(work)
-		prodErr = o.produce(ctx, files, capBytes, st, work, order)
-	}()
+	order, wait := o.pipeline(ctx, files, capBytes, st)
 
 	var done, inBytes int64
 	var collectErr error
@@ -209,9 +191,8 @@ func Prepare(ctx context.Context, o PrepareOptions) (*PrepareStats, error) {
 			o.Progress(min(done, total), total)
 		}
 	}
-	wg.Wait()
-	if collectErr == nil {
-		collectErr = prodErr
+	if err := wait(); collectErr == nil {
+		collectErr = err
 	}
 	if collectErr != nil {
 		return nil, collectErr
@@ -250,6 +231,33 @@ func Prepare(ctx context.Context, o PrepareOptions) (*PrepareStats, error) {
 	removeStale(o.Out, man)
 	st.Manifest = man
 	return st, nil
+}
+
+// pipeline reads files in job-sized pieces (produce) and tokenizes them on
+// o.Workers goroutines. Jobs come out of order in input order, each
+// finished when its done channel closes; wait, called once order is
+// drained, waits for the workers and returns the reader's error.
+func (o *PrepareOptions) pipeline(ctx context.Context, files []inputFile, capBytes int64, st *PrepareStats) (<-chan *job, func() error) {
+	work := make(chan *job, o.Workers*2)
+	order := make(chan *job, o.Workers*4)
+	var wg sync.WaitGroup
+	for range o.Workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for j := range work {
+				j.docs, j.err = o.tokenize(j)
+				close(j.done)
+			}
+		}()
+	}
+	var prodErr error
+	go func() {
+		defer close(order)
+		defer close(work)
+		prodErr = o.produce(ctx, files, capBytes, st, work, order)
+	}()
+	return order, func() error { wg.Wait(); return prodErr }
 }
 
 func (o *PrepareOptions) defaults() error {
