@@ -89,18 +89,10 @@ func runPrepare(cmd *cobra.Command, _ []string) error {
 		o.Tokenizer = t
 	}
 	if len(o.Inputs) == 0 {
-		dir, ext, skip, err := dataset.DefaultCorpus()
-		if err != nil {
+		if err := defaultCorpus(cmd, &o); err != nil {
 			return err
 		}
-		o.Inputs = []string{dir}
-		if !cmd.Flags().Changed("ext") {
-			o.Ext = ext
-		}
-		if !cmd.Flags().Changed("skip-dir") {
-			o.SkipDirs = skip
-		}
-		slog.Info("prepare: no --input; using the Go standard library source", "dir", dir)
+		slog.Info("prepare: no --input; using the Go standard library source", "dir", o.Inputs[0])
 	}
 	var bar *progressBar
 	if pf.progress && term.IsTerminal(int(os.Stderr.Fd())) {
@@ -168,3 +160,20 @@ func (b *progressBar) update(done, total int64) {
 }
 
 func (b *progressBar) finish() { fmt.Fprintln(os.Stderr) }
+
+// defaultCorpus points o at the Go standard library source, with its
+// extension and skip lists unless --ext or --skip-dir were given.
+func defaultCorpus(cmd *cobra.Command, o *dataset.PrepareOptions) error {
+	dir, ext, skip, err := dataset.DefaultCorpus()
+	if err != nil {
+		return err
+	}
+	o.Inputs = []string{dir}
+	if !cmd.Flags().Changed("ext") {
+		o.Ext = ext
+	}
+	if !cmd.Flags().Changed("skip-dir") {
+		o.SkipDirs = skip
+	}
+	return nil
+}

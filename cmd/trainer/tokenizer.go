@@ -49,16 +49,8 @@ With no --input, the corpus is the Go standard library source, as for prepare.`,
 		o := dataset.PrepareOptions{Inputs: f.inputs, Format: f.format, Field: f.field, Ext: f.ext,
 			SkipDirs: f.skipDirs, MaxMB: f.maxMB, Workers: f.workers}
 		if len(o.Inputs) == 0 {
-			dir, ext, skip, err := dataset.DefaultCorpus()
-			if err != nil {
+			if err := defaultCorpus(cmd, &o); err != nil {
 				return err
-			}
-			o.Inputs = []string{dir}
-			if !cmd.Flags().Changed("ext") {
-				o.Ext = ext
-			}
-			if !cmd.Flags().Changed("skip-dir") {
-				o.SkipDirs = skip
 			}
 		}
 		data, err := dataset.TrainTokenizer(cmd.Context(), o,
