@@ -93,13 +93,17 @@ func Check(dir string, batch int, ref map[int64]float64, refMembers map[int64]in
 		}
 		all[filepath.Base(d)] = recs
 	}
-	orphans := orphanSteps(all)
+	var nodes [][]node.Record
+	for _, recs := range all {
+		nodes = append(nodes, recs)
+	}
+	orphans := node.Orphans(nodes)
 	res.Orphans = len(orphans)
 	steps := map[int64]seen{}
 	for _, d := range dirs {
 		recs := all[filepath.Base(d)]
 		for _, r := range recs {
-			if orphans[[2]int64{r.Step, int64(r.Generation)}] {
+			if orphans[node.StepKey{Step: r.Step, Gen: r.Generation}] {
 				continue
 			}
 			res.Records++
@@ -153,7 +157,7 @@ func Check(dir string, batch int, ref map[int64]float64, refMembers map[int64]in
 // checkSamples checks that the sample logs tile every step's global batch
 // exactly once: each completed step's split, logged by every member that
 // completed it, and no step in two generations.
-func checkSamples(dirs []string, last int64, batch int, orphans map[[2]int64]bool, bad func(string, ...any)) {
+func checkSamples(dirs []string, last int64, batch int, orphans map[node.StepKey]bool, bad func(string, ...any)) {
 	type key struct{ step, lo, hi, gen int64 }
 	seen := map[key]bool{}
 	ranges := map[int64][][2]int64{}
@@ -170,7 +174,7 @@ func checkSamples(dirs []string, last int64, batch int, orphans map[[2]int64]boo
 				bad("%s: sample log line %q: %v", d, sc.Text(), err)
 				break
 			}
-			if !seen[k] && !orphans[[2]int64{k.step + 1, k.gen}] {
+			if !seen[k] && !orphans[node.StepKey{Step: k.step + 1, Gen: uint64(k.gen)}] {
 				seen[k] = true
 				ranges[k.step] = append(ranges[k.step], [2]int64{k.lo, k.hi})
 			}
@@ -273,54 +277,4 @@ func (s Summary) String() string {
 	return fmt.Sprintf("%d events (%d of the coordinator/seed, %d restarts on a new address, %d conflicting joiners, %d refused): recovery median %s max %s (coordinator: median %s max %s); rejoin median %s max %s",
 		s.Events, s.Coordinator, s.NewAddr, s.Conflicting, s.Refused, r(s.RecoveryMedian), r(s.RecoveryMax),
 		r(s.CoordRecoveryMedian), r(s.CoordRecoveryMax), r(s.RejoinMedian), r(s.RejoinMax))
-}
-
-// orphanSteps finds the (step, generation) pairs that only some members of
-// the generation completed while the step was completed again in another
-// generation: members killed or cut off right after their last gradient
-// chunk arrived, whose update died with them (or was replaced by the state
-// they took from the ring when they came back).
-func orphanSteps(all map[string][]node.Record) map[[2]int64]bool {
-	type tally struct{ count, members int }
-	byStep := map[int64]map[uint64]*tally{}
-	for _, recs := range all {
-		for _, r := range recs {
-			g := byStep[r.Step]
-			if g == nil {
-				g = map[uint64]*tally{}
-				byStep[r.Step] = g
-			}
-			if g[r.Generation] == nil {
-				g[r.Generation] = &tally{}
-			}
-			g[r.Generation].count++
-			g[r.Generation].members = max(g[r.Generation].members, r.Members)
-		}
-	}
-	out := map[[2]int64]bool{}
-	for step, gens := range byStep {
-		if len(gens) < 2 {
-			continue
-		}
-		var complete []uint64
-		var newest uint64
-		for g, t := range gens {
-			newest = max(newest, g)
-			if t.count >= t.members {
-				complete = append(complete, g)
-			}
-		}
-		keep := newest
-		if len(complete) == 1 {
-			keep = complete[0]
-		} else if len(complete) > 1 {
-			continue // two complete generations: Check reports the step
-		}
-		for g := range gens {
-			if g != keep {
-				out[[2]int64{step, int64(g)}] = true
-			}
-		}
-	}
-	return out
 }

@@ -291,49 +291,21 @@ func sampleRanges(t *testing.T, dirs ...string) map[int64][][2]int64 {
 	return out
 }
 
-// orphanSteps finds the (sample-log step, generation) pairs that only some
-// members of the generation completed while the step was completed in
-// another generation: a member killed right after its last gradient chunk
-// arrived applied a step its ring-mates had not; its update died with it,
-// and the survivors redid the step in a new ring.
+// orphanSteps lists the (sample-log step, generation) pairs of steps that
+// only a member killed right after completed (see Orphans).
 func orphanSteps(t *testing.T, dirs []string) map[[2]int64]bool {
 	t.Helper()
-	type tally struct{ count, members int }
-	gens := map[int64]map[uint64]*tally{}
+	var nodes [][]Record
 	for _, d := range dirs {
 		recs, err := ReadRecordsFile(filepath.Join(d, "metrics.jsonl"))
 		if err != nil && !os.IsNotExist(err) {
 			t.Fatal(err)
 		}
-		for _, r := range recs {
-			g := gens[r.Step-1]
-			if g == nil {
-				g = map[uint64]*tally{}
-				gens[r.Step-1] = g
-			}
-			if g[r.Generation] == nil {
-				g[r.Generation] = &tally{}
-			}
-			g[r.Generation].count++
-			g[r.Generation].members = max(g[r.Generation].members, r.Members)
-		}
+		nodes = append(nodes, recs)
 	}
 	out := map[[2]int64]bool{}
-	for step, g := range gens {
-		complete := 0
-		for _, c := range g {
-			if c.count >= c.members {
-				complete++
-			}
-		}
-		if len(g) < 2 || complete != 1 {
-			continue // one generation, or a real double (checkExactlyOnce reports it)
-		}
-		for id, c := range g {
-			if c.count < c.members {
-				out[[2]int64{step, int64(id)}] = true
-			}
-		}
+	for k := range Orphans(nodes) {
+		out[[2]int64{k.Step - 1, int64(k.Gen)}] = true // the sample log counts steps from 0
 	}
 	return out
 }

@@ -152,3 +152,60 @@ func (w *RecordWriter) Write(r Record) error { return w.enc.Encode(r) }
 
 // Close closes the file.
 func (w *RecordWriter) Close() error { return w.f.Close() }
+
+// StepKey names a step record: the step (updates completed) and the
+// generation that completed it.
+type StepKey struct {
+	Step int64
+	Gen  uint64
+}
+
+// Orphans finds, in the records of every node of a run, the steps that only
+// some members of a generation completed while the step was completed again
+// in another generation. A member killed or cut off right after its last
+// gradient chunk arrived applies a step its ring-mates do not; its update
+// dies with it (or is replaced by the state it takes when it comes back),
+// and the others redo the step in a new ring. A step complete in two
+// generations is no orphan: checks report it.
+func Orphans(nodes [][]Record) map[StepKey]bool {
+	type tally struct{ count, members int }
+	byStep := map[int64]map[uint64]*tally{}
+	for _, recs := range nodes {
+		for _, r := range recs {
+			g := byStep[r.Step]
+			if g == nil {
+				g = map[uint64]*tally{}
+				byStep[r.Step] = g
+			}
+			if g[r.Generation] == nil {
+				g[r.Generation] = &tally{}
+			}
+			g[r.Generation].count++
+			g[r.Generation].members = max(g[r.Generation].members, r.Members)
+		}
+	}
+	out := map[StepKey]bool{}
+	for step, gens := range byStep {
+		var complete []uint64
+		var newest uint64
+		for g, t := range gens {
+			newest = max(newest, g)
+			if t.count >= t.members {
+				complete = append(complete, g)
+			}
+		}
+		if len(gens) < 2 || len(complete) > 1 {
+			continue
+		}
+		keep := newest
+		if len(complete) == 1 {
+			keep = complete[0]
+		}
+		for g := range gens {
+			if g != keep {
+				out[StepKey{step, g}] = true
+			}
+		}
+	}
+	return out
+}

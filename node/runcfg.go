@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strconv"
 	"strings"
@@ -92,7 +93,7 @@ func fmtFloat(v float64) string { return strconv.FormatFloat(v, 'g', -1, 64) }
 // Flags that need not agree are ignored.
 func (r RunConfig) Conflicts(explicit map[string]string) error {
 	var bad []string
-	for _, name := range slices.Sorted(mapKeys(explicit)) {
+	for _, name := range slices.Sorted(maps.Keys(explicit)) {
 		get, ok := ringFields[name]
 		if !ok {
 			continue
@@ -117,16 +118,6 @@ func same(a, b string) bool {
 	x, err1 := strconv.ParseFloat(a, 64)
 	y, err2 := strconv.ParseFloat(b, 64)
 	return err1 == nil && err2 == nil && x == y
-}
-
-func mapKeys(m map[string]string) func(func(string) bool) {
-	return func(yield func(string) bool) {
-		for k := range m {
-			if !yield(k) {
-				return
-			}
-		}
-	}
 }
 
 // decodeRunConfig parses a run configuration received from a peer.
