@@ -40,6 +40,7 @@ func (c *Cluster) SetDone() {
 	if err := c.ml.UpdateNode(c.cfg.Timing.RPCTimeout); err != nil {
 		c.log.Debug("announce done", "err", err)
 	}
+	c.pushState()
 }
 
 // RunDone reports the member that announced the run complete, if any.
