@@ -17,7 +17,10 @@ type Current struct {
 	ModelHash   string          // model.Config.Hash()
 	Config      json.RawMessage // full model and training config
 	Tokenizer   string
-	DatasetID   string
+	// TokenizerSHA256 is the sha256 of the dataset's tokenizer file
+	// (shard.Manifest.TokenizerSHA256); empty for built-in tokenizers.
+	TokenizerSHA256 string
+	DatasetID       string
 }
 
 // Diff is one field that differs between two JSON objects; Path is dotted
@@ -50,8 +53,12 @@ func (st *State) Compatible(cur Current, log *slog.Logger) error {
 		return fmt.Errorf("checkpoint %s has a different architecture (model hash %s, this run %s): %s",
 			st.Dir, st.ModelHash, cur.ModelHash, strings.Join(parts, "; "))
 	}
+	if st.TokenizerSHA256 != "" && cur.TokenizerSHA256 != "" && st.TokenizerSHA256 != cur.TokenizerSHA256 {
+		return fmt.Errorf("checkpoint %s was trained with the tokenizer file of sha256 %s, this run's dataset has a tokenizer of sha256 %s: token ids would mean other strings; prepare the data with the checkpoint's tokenizer (trainer export writes it)",
+			st.Dir, st.TokenizerSHA256, cur.TokenizerSHA256)
+	}
 	if st.Tokenizer != cur.Tokenizer {
-		return fmt.Errorf("checkpoint %s was trained with tokenizer %q, this run uses %q", st.Dir, st.Tokenizer, cur.Tokenizer)
+		return fmt.Errorf("checkpoint %s was trained with tokenizer %s, this run uses %s", st.Dir, describeTokenizer(st.Tokenizer, st.TokenizerSHA256), describeTokenizer(cur.Tokenizer, cur.TokenizerSHA256))
 	}
 	if st.DatasetID != cur.DatasetID {
 		log.Warn("dataset changed since the checkpoint", "checkpoint", st.Dir, "was", st.DatasetID, "now", cur.DatasetID)
@@ -64,6 +71,15 @@ func (st *State) Compatible(cur Current, log *slog.Logger) error {
 		log.Info("config changed since the checkpoint", "field", d.Path, "was", d.Old, "now", d.New)
 	}
 	return nil
+}
+
+// describeTokenizer names a tokenizer by name and, if it has a file, the
+// file's sha256.
+func describeTokenizer(name, sum string) string {
+	if sum == "" {
+		return strconv.Quote(name)
+	}
+	return fmt.Sprintf("%q (file sha256 %s)", name, sum)
 }
 
 // DiffJSON compares two JSON objects field by field, descending into nested

@@ -12,6 +12,9 @@
 //	optim.safetensors      optimizer moments ("<param>.m", "<param>.v", ...)
 //	residuals.safetensors  allreduce error-feedback residuals (may hold none)
 //	state.json             step, seed, data cursor, schedule, configs, identities
+//	tokenizer.json         the run's Hugging Face tokenizer file, for a dataset
+//	                       with one (its sha256 also in state.json); absent for
+//	                       the byte-level tokenizer
 //	manifest.json          every file above with its size and sha256
 //
 // The package knows nothing of the model, optimizer or cluster: callers hand

@@ -13,6 +13,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+
+	"github.com/difftrain/difftrain/tokenizer"
 )
 
 // Export file names.
@@ -35,25 +37,57 @@ var noisePresets = map[string]float64{"masked": -1000, "low-uniform": -2, "balan
 // Export verifies the checkpoint at src and writes its weights to
 // out/model.safetensors and a config.json that describes the architecture
 // (the stored model config, derived sizes and the noise type) for loading
-// from Python. Existing files are replaced only with force.
+// from Python, and the tokenizer files if the checkpoint carries a
+// tokenizer (see ExportWith). Existing files are replaced only with force.
 func Export(src, out string, force bool) error {
+	_, err := ExportWith(src, out, ExportOptions{Force: force})
+	return err
+}
+
+// ExportOptions configure ExportWith.
+type ExportOptions struct {
+	// Force replaces existing files in the output directory.
+	Force bool
+	// Tokenizer is a tokenizer file to export for a checkpoint that
+	// carries none (written before checkpoints carried tokenizers, or by a
+	// node that held only the dataset's manifest), e.g. the dataset's copy.
+	// It must be the checkpoint's: its sha256 equal to the recorded one,
+	// or, for an older checkpoint, its name to the recorded tokenizer name.
+	Tokenizer []byte
+}
+
+// ExportWith is Export with options. It returns the names of the files it
+// wrote: model.safetensors and config.json, and for a checkpoint of a
+// Hugging Face tokenizer, tokenizer.json (byte for byte the file the run
+// was trained with), tokenizer_config.json and special_tokens_map.json
+// (BOS, EOS, PAD and MASK: ids 0-3), so that the directory loads with
+// Hugging Face's AutoTokenizer.
+func ExportWith(src, out string, opt ExportOptions) ([]string, error) {
 	st, err := Load(src)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	cfg, err := exportConfig(st)
 	if err != nil {
-		return fmt.Errorf("checkpoint %s: %w", src, err)
+		return nil, fmt.Errorf("checkpoint %s: %w", src, err)
+	}
+	tokFiles, err := exportTokenizer(st, opt.Tokenizer)
+	if err != nil {
+		return nil, fmt.Errorf("checkpoint %s: %w", src, err)
 	}
 	if err := os.MkdirAll(out, 0o755); err != nil {
-		return fmt.Errorf("export: %w", err)
+		return nil, fmt.Errorf("export: %w", err)
 	}
-	if !force {
-		for _, name := range []string{ExportWeights, ExportConfig} {
+	names := []string{ExportWeights, ExportConfig}
+	for _, f := range tokFiles {
+		names = append(names, f.name)
+	}
+	if !opt.Force {
+		for _, name := range names {
 			if _, err := os.Stat(filepath.Join(out, name)); err == nil {
-				return fmt.Errorf("export: %s already exists (use --force to replace it)", filepath.Join(out, name))
+				return nil, fmt.Errorf("export: %s already exists (use --force to replace it)", filepath.Join(out, name))
 			} else if !errors.Is(err, fs.ErrNotExist) {
-				return fmt.Errorf("export: %w", err)
+				return nil, fmt.Errorf("export: %w", err)
 			}
 		}
 	}
@@ -61,15 +95,85 @@ func Export(src, out string, force bool) error {
 	if err := writeAtomic(filepath.Join(out, ExportWeights), func(w io.Writer) error {
 		return writeSafetensors(w, st.Model, meta)
 	}); err != nil {
-		return fmt.Errorf("export: %w", err)
+		return nil, fmt.Errorf("export: %w", err)
 	}
-	if err := writeAtomic(filepath.Join(out, ExportConfig), func(w io.Writer) error {
-		_, err := w.Write(cfg)
-		return err
-	}); err != nil {
-		return fmt.Errorf("export: %w", err)
+	for _, f := range append([]namedFile{{ExportConfig, cfg}}, tokFiles...) {
+		if err := writeAtomic(filepath.Join(out, f.name), func(w io.Writer) error {
+			_, err := w.Write(f.data)
+			return err
+		}); err != nil {
+			return nil, fmt.Errorf("export: %w", err)
+		}
 	}
-	return nil
+	return names, nil
+}
+
+// Exported tokenizer files besides TokenizerFile.
+const (
+	ExportTokenizerConfig = "tokenizer_config.json"
+	ExportSpecialTokens   = "special_tokens_map.json"
+)
+
+type namedFile struct {
+	name string
+	data []byte
+}
+
+// exportTokenizer returns the tokenizer files of st: none for a built-in
+// tokenizer, else tokenizer.json (the checkpoint's copy, or fallback when
+// it carries none), tokenizer_config.json and special_tokens_map.json.
+func exportTokenizer(st *State, fallback []byte) ([]namedFile, error) {
+	file := st.TokenizerJSON
+	if len(file) == 0 && len(fallback) > 0 {
+		file = fallback
+		if st.TokenizerSHA256 != "" && sha(file) != st.TokenizerSHA256 {
+			return nil, fmt.Errorf("the tokenizer file given has sha256 %s, the checkpoint was trained with the tokenizer of sha256 %s", sha(file), st.TokenizerSHA256)
+		}
+	}
+	if len(file) == 0 {
+		if st.TokenizerSHA256 != "" {
+			return nil, fmt.Errorf("the checkpoint records tokenizer sha256 %s but carries no %s; give the dataset's copy (trainer export --tokenizer)", st.TokenizerSHA256, TokenizerFile)
+		}
+		return nil, nil // a built-in tokenizer: config.json names it
+	}
+	t, err := tokenizer.Parse(file)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", TokenizerFile, err)
+	}
+	if t.Name() != st.Tokenizer {
+		return nil, fmt.Errorf("%s is tokenizer %s, the checkpoint was trained with %s", TokenizerFile, t.Name(), st.Tokenizer)
+	}
+	special := map[string]string{}
+	for id, key := range []string{"bos_token", "eos_token", "pad_token", "mask_token"} {
+		if !t.Special(int32(id)) {
+			return nil, fmt.Errorf("%s: id %d is %q, not a special token (ids 0-3 must be BOS, EOS, PAD, MASK)", TokenizerFile, id, t.Token(int32(id)))
+		}
+		special[key] = t.Token(int32(id))
+	}
+	conf := map[string]any{
+		"tokenizer_class":              "PreTrainedTokenizerFast",
+		"clean_up_tokenization_spaces": false,
+	}
+	for k, v := range special {
+		conf[k] = v
+	}
+	if mc, err := decodeObject(st.ModelConfig); err == nil {
+		if n, ok := number(mc["max_seq_len"]); ok && n > 0 {
+			conf["model_max_length"] = int(n)
+		}
+	}
+	files := []namedFile{{TokenizerFile, file}}
+	for _, f := range []struct {
+		name string
+		v    any
+	}{{ExportTokenizerConfig, conf}, {ExportSpecialTokens, special}} {
+		b, err := json.MarshalIndent(f.v, "", "  ")
+		if err != nil {
+			return nil, err
+		}
+		files = append(files, namedFile{f.name, append(b, '\n')})
+	}
+	return files, nil
 }
 
 // exportConfig builds config.json: the model config fields as stored, the
@@ -83,6 +187,8 @@ func exportConfig(st *State) ([]byte, error) {
 	c["architectures"] = []string{"GiddForDiffusionLM"}
 	c["model_type"] = "gidd"
 	c["torch_dtype"] = "float32"
+	// The special ids every difftrain tokenizer keeps (gidd-spec.md §8.1).
+	c["bos_token_id"], c["eos_token_id"], c["pad_token_id"] = 0, 1, 2
 	dim, okD := number(c["hidden_size"])
 	heads, okH := number(c["num_heads"])
 	if okD && okH && heads > 0 {
@@ -104,7 +210,8 @@ func exportConfig(st *State) ([]byte, error) {
 	c["difftrain"] = map[string]any{
 		"step": st.Step, "run": st.Run, "seed": st.Seed, "model_hash": st.ModelHash,
 		"config_hash": st.ConfigHash, "tokenizer": st.Tokenizer, "dataset": st.DatasetID,
-		"version": st.Version, "training_config": train,
+		"tokenizer_sha256": st.TokenizerSHA256,
+		"version":          st.Version, "training_config": train,
 	}
 	b, err := json.MarshalIndent(c, "", "  ")
 	if err != nil {

@@ -141,6 +141,9 @@ func load(path string) (*State, error) {
 	if st.Run != m.Run || st.Step != m.Step {
 		return nil, fmt.Errorf("%s is for run %q step %d, but %s is run %q step %d", ManifestFile, m.Run, m.Step, StateFile, st.Run, st.Step)
 	}
+	if st.TokenizerJSON, err = loadTokenizer(path, m, st.TokenizerSHA256); err != nil {
+		return nil, err
+	}
 	var res []Tensor
 	groups := []struct {
 		name string
@@ -168,6 +171,47 @@ func load(path string) (*State, error) {
 	}
 	st.Dir = path
 	return st, nil
+}
+
+// loadTokenizer reads the tokenizer file a checkpoint carries, verified
+// against its manifest entry and against the digest state.json records
+// (want): nil when the manifest lists none.
+func loadTokenizer(path string, m *Manifest, want string) ([]byte, error) {
+	e, ok := m.lookup(TokenizerFile)
+	switch {
+	case !ok:
+		return nil, nil
+	case want == "":
+		return nil, fmt.Errorf("%s lists %s, but %s records no tokenizer_sha256 (a tokenizer file that belongs to no run)", ManifestFile, TokenizerFile, StateFile)
+	case e.SHA256 != want:
+		return nil, fmt.Errorf("%s: the manifest lists sha256 %s, but %s records tokenizer sha256 %s", TokenizerFile, e.SHA256, StateFile, want)
+	case e.Size > maxTokenizerFile:
+		return nil, fmt.Errorf("%s: %d bytes, more than the %d allowed", TokenizerFile, e.Size, maxTokenizerFile)
+	}
+	p := filepath.Join(path, TokenizerFile)
+	if err := regular(p); err != nil {
+		return nil, fileErr(TokenizerFile, err)
+	}
+	f, err := os.Open(p)
+	if err != nil {
+		return nil, fileErr(TokenizerFile, err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, fileErr(TokenizerFile, err)
+	}
+	if fi.Size() != e.Size {
+		return nil, match(e, fi.Size(), "")
+	}
+	b, err := io.ReadAll(io.LimitReader(f, e.Size+1))
+	if err != nil {
+		return nil, fileErr(TokenizerFile, err)
+	}
+	if err := match(e, int64(len(b)), sha(b)); err != nil {
+		return nil, fmt.Errorf("%w; the tokenizer the checkpoint carries is not the one it was trained with", err)
+	}
+	return b, nil
 }
 
 // loadTensors reads one safetensors file, hashing it on the way.

@@ -31,6 +31,9 @@ type FileEntry struct {
 // the order they are written and verified.
 var dataFiles = []string{StateFile, ModelFile, OptimFile, ResidualsFile}
 
+// optionalFiles are the files a checkpoint may hold besides dataFiles.
+var optionalFiles = []string{TokenizerFile}
+
 // decodeManifest parses manifest.json strictly.
 func decodeManifest(b []byte) (*Manifest, error) {
 	if len(b) > maxStateFile {
@@ -51,7 +54,7 @@ func decodeManifest(b []byte) (*Manifest, error) {
 	}
 	var names []string
 	for _, f := range m.Files {
-		if !slices.Contains(dataFiles, f.Name) {
+		if !slices.Contains(dataFiles, f.Name) && !slices.Contains(optionalFiles, f.Name) {
 			return nil, fmt.Errorf("lists unknown file %q", f.Name)
 		}
 		if slices.Contains(names, f.Name) {
@@ -73,14 +76,21 @@ func decodeManifest(b []byte) (*Manifest, error) {
 	return &m, nil
 }
 
-// entry returns the manifest's entry for name; decodeManifest guarantees one.
+// entry returns the manifest's entry for name; decodeManifest guarantees
+// one for dataFiles.
 func (m *Manifest) entry(name string) FileEntry {
+	e, _ := m.lookup(name)
+	return e
+}
+
+// lookup returns the manifest's entry for name, if it lists one.
+func (m *Manifest) lookup(name string) (FileEntry, bool) {
 	for _, f := range m.Files {
 		if f.Name == name {
-			return f
+			return f, true
 		}
 	}
-	return FileEntry{Name: name}
+	return FileEntry{Name: name}, false
 }
 
 // countWriter hashes and counts what passes through it to w.

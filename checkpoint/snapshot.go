@@ -33,6 +33,10 @@ func (w *Writer) copyLocked(st *State) {
 	s.ModelHash = st.ModelHash
 	s.Config = copyJSON(s.Config, st.Config)
 	s.Tokenizer, s.DatasetID, s.Version = st.Tokenizer, st.DatasetID, st.Version
+	s.TokenizerSHA256 = st.TokenizerSHA256
+	if !bytes.Equal(s.TokenizerJSON, st.TokenizerJSON) { // unchanged in a run: copied once
+		s.TokenizerJSON = append(s.TokenizerJSON[:0:0], st.TokenizerJSON...)
+	}
 	s.Extra = copyJSON(s.Extra, st.Extra)
 	s.Dir = ""
 }

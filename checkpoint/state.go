@@ -20,7 +20,14 @@ const (
 	ResidualsFile = "residuals.safetensors"
 	StateFile     = "state.json"
 	ManifestFile  = "manifest.json"
+	// TokenizerFile is the copy of the run's tokenizer file (a Hugging
+	// Face tokenizer.json) that a checkpoint of a run on a dataset with one
+	// carries; built-in tokenizers (byte-level) have none.
+	TokenizerFile = "tokenizer.json"
 )
+
+// maxTokenizerFile bounds tokenizer.json (a 131,072-token BPE is ~10 MB).
+const maxTokenizerFile = 256 << 20
 
 // maxStateFile bounds state.json and manifest.json: they hold configs and
 // identities, never tensors.
@@ -51,8 +58,18 @@ type State struct {
 	ConfigHash string
 
 	Tokenizer string // tokenizer identity
-	DatasetID string // dataset identity
-	Version   string // software version that wrote the checkpoint
+	// TokenizerJSON is the tokenizer file of a run whose dataset has one
+	// (shard.Manifest.TokenizerFile), saved as TokenizerFile, and
+	// TokenizerSHA256 its hex sha256 digest, recorded in state.json. A save
+	// with a digest and no file records the digest alone (a node that
+	// holds only the dataset manifest); Load then returns no file, and
+	// readers fall back to the dataset's copy, checked against the digest.
+	// The writer treats TokenizerJSON as read-only. Both are empty for
+	// built-in tokenizers.
+	TokenizerJSON   []byte
+	TokenizerSHA256 string
+	DatasetID       string // dataset identity
+	Version         string // software version that wrote the checkpoint
 
 	// Extra is caller-defined state stored verbatim (a JSON value, or empty).
 	Extra json.RawMessage
@@ -82,9 +99,12 @@ type stateFile struct {
 	ConfigHash  string          `json:"config_hash"`
 	Config      json.RawMessage `json:"config"`
 	Tokenizer   string          `json:"tokenizer"`
-	DatasetID   string          `json:"dataset"`
-	Version     string          `json:"version"`
-	Extra       json.RawMessage `json:"extra,omitempty"`
+	// TokenizerSHA256 is absent from checkpoints of built-in tokenizers
+	// and from those written before checkpoints carried tokenizers.
+	TokenizerSHA256 string          `json:"tokenizer_sha256,omitempty"`
+	DatasetID       string          `json:"dataset"`
+	Version         string          `json:"version"`
+	Extra           json.RawMessage `json:"extra,omitempty"`
 }
 
 // HashConfig is the hash stored as ConfigHash: the first 16 hex digits of the
@@ -117,6 +137,12 @@ func (st *State) check() error {
 		return fmt.Errorf("schedule learning rate is %v", st.Schedule.LR)
 	case st.ModelHash == "":
 		return errors.New("model hash is empty")
+	case st.TokenizerSHA256 != "" && !isSHA256(st.TokenizerSHA256):
+		return fmt.Errorf("tokenizer sha256 %q is not 64 lower-case hex digits", st.TokenizerSHA256)
+	case len(st.TokenizerJSON) > 0 && st.TokenizerSHA256 == "":
+		return errors.New("a tokenizer file without its sha256")
+	case len(st.TokenizerJSON) > maxTokenizerFile:
+		return fmt.Errorf("tokenizer file of %d bytes, more than the %d allowed", len(st.TokenizerJSON), maxTokenizerFile)
 	}
 	for _, f := range []struct {
 		name string
@@ -167,8 +193,8 @@ func encodeState(st *State) ([]byte, error) {
 	sf := stateFile{
 		Format: Format, Run: st.Run, Step: st.Step, Seed: st.Seed, Cursor: st.Cursor, Epoch: st.Epoch,
 		Schedule: st.Schedule, ModelHash: st.ModelHash, ModelConfig: st.ModelConfig,
-		ConfigHash: hash, Config: st.Config, Tokenizer: st.Tokenizer, DatasetID: st.DatasetID,
-		Version: st.Version, Extra: st.Extra,
+		ConfigHash: hash, Config: st.Config, Tokenizer: st.Tokenizer, TokenizerSHA256: st.TokenizerSHA256,
+		DatasetID: st.DatasetID, Version: st.Version, Extra: st.Extra,
 	}
 	if sf.Run == "" {
 		sf.Run = runID(st.Seed)
@@ -199,7 +225,7 @@ func decodeState(b []byte) (*State, error) {
 		Step: sf.Step, Seed: sf.Seed, Run: sf.Run, Cursor: sf.Cursor, Epoch: sf.Epoch,
 		Schedule: sf.Schedule, ModelConfig: sf.ModelConfig, ModelHash: sf.ModelHash,
 		Config: sf.Config, ConfigHash: sf.ConfigHash, Tokenizer: sf.Tokenizer,
-		DatasetID: sf.DatasetID, Version: sf.Version, Extra: sf.Extra,
+		TokenizerSHA256: sf.TokenizerSHA256, DatasetID: sf.DatasetID, Version: sf.Version, Extra: sf.Extra,
 	}
 	if err := st.check(); err != nil {
 		return nil, err
@@ -214,6 +240,19 @@ func decodeState(b []byte) (*State, error) {
 		return nil, fmt.Errorf("config_hash %q does not match the stored config (hash %q)", st.ConfigHash, hash)
 	}
 	return st, nil
+}
+
+// isSHA256 reports whether s is a sha256 digest in lower-case hex.
+func isSHA256(s string) bool {
+	if len(s) != 2*sha256.Size {
+		return false
+	}
+	for _, c := range s {
+		if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
+			return false
+		}
+	}
+	return true
 }
 
 // strictUnmarshal decodes one JSON value into v, refusing unknown fields and

@@ -260,6 +260,18 @@ func (w *Writer) persist(snap *State) (err error) {
 		}
 		m.Files = append(m.Files, e)
 	}
+	if len(snap.TokenizerJSON) > 0 {
+		e, err := w.writeFile(filepath.Join(tmp, TokenizerFile), func(f io.Writer) error { _, err := f.Write(snap.TokenizerJSON); return err })
+		if err != nil {
+			return err
+		}
+		// The digest was hashed from what was written: a file that is not
+		// the one state.json names is never saved.
+		if e.SHA256 != snap.TokenizerSHA256 {
+			return fmt.Errorf("%s: sha256 %s, but the state records tokenizer sha256 %s", TokenizerFile, e.SHA256, snap.TokenizerSHA256)
+		}
+		m.Files = append(m.Files, e)
+	}
 	mb, err := encodeManifest(&m)
 	if err != nil {
 		return err
