@@ -7,7 +7,14 @@
 // skipped or trained in two generations, equal loss on every member, no
 // diverged replicas, and a final checkpoint that loads. It measures how
 // long the ring took to recover from each kill and how long a restarted
-// node took to train again. scripts/chaos.sh runs the long version.
+// node took to train again.
+//
+// With Netns, each member runs in its own network namespace (root needed),
+// joined to the others by a bridge, with a cluster key, and partition
+// events cut one member off from the rest for a few seconds at random
+// moments between the kills: the pair must train on, the cut-off member
+// must train nothing on its own, and after the heal it must train with the
+// others again. scripts/chaos.sh runs the long version.
 package chaos
 
 import (
@@ -24,6 +31,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/difftrain/difftrain/allreduce/netns"
 )
 
 // Options configure a chaos run.
@@ -38,6 +47,10 @@ type Options struct {
 	StopAt   int64         // with no events: stop once this step is trained (an undisturbed reference)
 	Seed     uint64        // randomness of the schedule
 	Conflict float64       // share of events that also start a conflicting joiner
+	Netns    bool          // run each member in its own network namespace (needs root)
+	// Partitions are partition events (Netns only), placed at random
+	// among the kill events: one member is cut off, then healed.
+	Partitions int
 	Log      io.Writer     // progress lines (nil: none)
 	Args     []string      // extra flags for every node
 }
@@ -54,12 +67,18 @@ type Event struct {
 	Rejoin      time.Duration // restart to the restarted node's first step (-1: none seen)
 	Conflicting bool          // a conflicting joiner was also started (and must be refused)
 	Refused     bool          // it was refused with an error naming the conflict
+	// Partition events cut the victim off instead of killing it: Recovery
+	// runs from the cut to the others' next step in a ring without it,
+	// Rejoin from the heal to its next step in the full ring.
+	Partition bool
+	Cut       time.Duration // how long the victim was cut off
 }
 
 // slot is one member position; each restart is a new process in it.
 type slot struct {
 	name         string
 	dir          string
+	ns           int // network namespace (with Netns)
 	gossip, grpc string
 	cmd          *exec.Cmd
 	done         chan error
@@ -72,6 +91,8 @@ type runner struct {
 	rng   *rand.Rand
 	slots []*slot
 	ports map[int]bool
+	lab   *netns.Lab // with Netns: member i in namespace i, conflicting joiners in the last
+	key   string     // with Netns: the cluster key
 }
 
 // Run runs the chaos schedule and returns the events; Check verifies the
@@ -81,14 +102,26 @@ func Run(ctx context.Context, o Options) ([]Event, error) {
 		o.Nodes = 3
 	}
 	r := &runner{o: o, rng: rand.New(rand.NewPCG(o.Seed, 7)), ports: map[int]bool{}}
+	if o.Partitions > 0 && !o.Netns {
+		return nil, fmt.Errorf("partition events need Netns")
+	}
+	if o.Netns {
+		lab, err := netns.Setup(fmt.Sprintf("dtc%d", os.Getpid()%100000), o.Nodes+1, "10gbit", "")
+		if err != nil {
+			return nil, fmt.Errorf("network namespaces: %w", err)
+		}
+		defer lab.Close()
+		r.lab = lab
+		r.key = fmt.Sprintf("chaos-%016x%016x", r.rng.Uint64(), r.rng.Uint64())
+	}
 	defer r.stopAll()
 	for i := 0; i < o.Nodes; i++ {
-		s := &slot{name: fmt.Sprintf("n%d", i), dir: filepath.Join(o.Dir, fmt.Sprintf("n%d", i))}
+		s := &slot{name: fmt.Sprintf("n%d", i), dir: filepath.Join(o.Dir, fmt.Sprintf("n%d", i)), ns: i}
 		if err := os.MkdirAll(s.dir, 0o755); err != nil {
 			return nil, err
 		}
 		r.slots = append(r.slots, s)
-		s.gossip, s.grpc = r.addr(), r.addr()
+		s.gossip, s.grpc = r.addr(s.ns), r.addr(s.ns)
 		if err := r.startSlot(s, i == 0, false); err != nil {
 			return nil, err
 		}
@@ -106,15 +139,23 @@ func Run(ctx context.Context, o Options) ([]Event, error) {
 		return nil, r.stopAll()
 	}
 	var evs []Event
-	gap := o.Duration / time.Duration(max(1, o.Events))
-	for i := 0; i < o.Events && ctx.Err() == nil; i++ {
+	total, parts := o.Events+o.Partitions, o.Partitions
+	gap := o.Duration / time.Duration(max(1, total))
+	for i := 0; i < total && ctx.Err() == nil; i++ {
 		time.Sleep(time.Duration(float64(gap) * (0.5 + r.rng.Float64())))
 		if err := r.exited(); err != nil {
 			return evs, err
 		}
-		ev, err := r.event()
+		var ev Event
+		var err error
+		if r.rng.IntN(total-i) < parts {
+			parts--
+			ev, err = r.partition()
+		} else {
+			ev, err = r.event()
+		}
 		evs = append(evs, ev)
-		r.logf("event %d/%d: %s", i+1, o.Events, ev)
+		r.logf("event %d/%d: %s", i+1, total, ev)
 		if err != nil {
 			return evs, err
 		}
@@ -137,6 +178,10 @@ func Run(ctx context.Context, o Options) ([]Event, error) {
 }
 
 func (e Event) String() string {
+	if e.Partition {
+		return fmt.Sprintf("cut %s off (coordinator %v) for %v: the others trained again after %v, it trained with them %v after the heal",
+			e.Victim, e.Coordinator, e.Cut.Round(time.Millisecond), e.Recovery.Round(time.Millisecond), e.Rejoin.Round(time.Millisecond))
+	}
 	return fmt.Sprintf("kill %s (coordinator %v, seed %v), restart on a new address %v: recovery %v, rejoin %v, conflicting joiner %v refused %v",
 		e.Victim, e.Coordinator, e.Seed, e.NewAddr, e.Recovery.Round(time.Millisecond), e.Rejoin.Round(time.Millisecond), e.Conflicting, e.Refused)
 }
@@ -171,7 +216,7 @@ func (r *runner) event() (Event, error) {
 	}
 	time.Sleep(time.Duration(r.rng.IntN(1000)) * time.Millisecond)
 	if ev.NewAddr {
-		s.gossip, s.grpc = r.addr(), r.addr()
+		s.gossip, s.grpc = r.addr(s.ns), r.addr(s.ns)
 	}
 	restarted := time.Now()
 	if err := r.startSlot(s, i == 0, false); err != nil {
@@ -200,10 +245,11 @@ func (r *runner) conflicting() (bool, error) {
 	dir := filepath.Join(r.o.Dir, "conflict")
 	os.RemoveAll(dir)
 	os.MkdirAll(dir, 0o755)
-	s := &slot{name: "bad", dir: dir, gossip: r.addr(), grpc: r.addr()}
+	s := &slot{name: "bad", dir: dir, ns: len(r.slots)}
+	s.gossip, s.grpc = r.addr(s.ns), r.addr(s.ns)
 	seed := r.live()
 	args := append([]string{"join", "--seed", seed.gossip, "--codec", "int8"}, r.common(s)...)
-	out, err := exec.Command(r.o.Bin, args...).CombinedOutput()
+	out, err := r.command(s, args...).CombinedOutput()
 	if err == nil {
 		return false, fmt.Errorf("a joiner with --codec int8 on a --codec none ring exited 0")
 	}
@@ -256,7 +302,7 @@ func (r *runner) startSlot(s *slot, seed, _ bool) error {
 	if err != nil {
 		return err
 	}
-	cmd := exec.Command(r.o.Bin, args...)
+	cmd := r.command(s, args...)
 	cmd.Stdout, cmd.Stderr = f, f
 	if err := cmd.Start(); err != nil {
 		f.Close()
@@ -265,6 +311,81 @@ func (r *runner) startSlot(s *slot, seed, _ bool) error {
 	s.cmd, s.log, s.started, s.done = cmd, f, time.Now(), make(chan error, 1)
 	go func() { s.done <- cmd.Wait(); f.Close() }()
 	return nil
+}
+
+// command runs the trainer for slot s: in its namespace, with the cluster
+// key, when the run uses namespaces.
+func (r *runner) command(s *slot, args ...string) *exec.Cmd {
+	if r.lab == nil {
+		return exec.Command(r.o.Bin, args...)
+	}
+	cmd := r.lab.Command(s.ns, r.o.Bin, args...)
+	cmd.Env = append(os.Environ(), "DIFFTRAIN_CLUSTER_KEY="+r.key)
+	return cmd
+}
+
+// partition cuts a random member off from the others, waits until they
+// train on without it, keeps it cut off a few seconds more, checks that it
+// trained nothing on its own, heals the cut and waits until it trains in
+// the full ring again.
+func (r *runner) partition() (Event, error) {
+	i := r.rng.IntN(len(r.slots))
+	s := r.slots[i]
+	// Names sort by slot, so the coordinator is n0.
+	ev := Event{Partition: true, Victim: s.name, Seed: i == 0, Coordinator: i == 0, Recovery: -1, Rejoin: -1}
+	var rest []*slot
+	for _, o := range r.slots {
+		if _, st, ok := lastRecord(o.dir); ok {
+			ev.Step = max(ev.Step, st)
+		}
+		if o != s {
+			rest = append(rest, o)
+		}
+	}
+	ev.At = time.Now()
+	if err := r.lab.SetLink(s.ns, false); err != nil {
+		return ev, fmt.Errorf("cut %s off: %w", s.name, err)
+	}
+	d, err := r.waitRing(rest, len(rest), ev.At, 30*time.Second)
+	ev.Recovery = d
+	if err != nil {
+		r.lab.SetLink(s.ns, true)
+		return ev, fmt.Errorf("with %s cut off, the others: %w", s.name, err)
+	}
+	time.Sleep(time.Duration(1000+r.rng.IntN(4000)) * time.Millisecond)
+	// A step completed just before the cut may be recorded just after it.
+	t, st, trained := lastRecord(s.dir)
+	trained = trained && t.After(ev.At.Add(time.Second))
+	heal := time.Now()
+	ev.Cut = heal.Sub(ev.At)
+	if err := r.lab.SetLink(s.ns, true); err != nil {
+		return ev, fmt.Errorf("heal %s: %w", s.name, err)
+	}
+	if trained {
+		return ev, fmt.Errorf("%s trained step %d on its own while it was cut off", s.name, st)
+	}
+	d, err = r.waitRing([]*slot{s}, len(r.slots), heal, time.Minute)
+	ev.Rejoin = d
+	if err != nil {
+		ev.Rejoin = -1
+		return ev, fmt.Errorf("%s after the heal: %w", s.name, err)
+	}
+	return ev, nil
+}
+
+// waitRing waits until one of slots records a step completed after since
+// in a ring of at least members members.
+func (r *runner) waitRing(slots []*slot, members int, since time.Time, limit time.Duration) (time.Duration, error) {
+	deadline := time.Now().Add(limit)
+	for time.Now().Before(deadline) {
+		for _, s := range slots {
+			if t, ok := lastRec(s.dir); ok && t.Time.After(since) && t.Members >= members {
+				return t.Time.Sub(since), nil
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return -1, fmt.Errorf("no step in a ring of %d within %v", members, limit)
 }
 
 // exited reports a node that stopped on its own: the run stopped.
@@ -295,15 +416,20 @@ func (r *runner) waitStep(slots []*slot, step int64, since time.Time, limit time
 	return -1, fmt.Errorf("no step completed within %v", limit)
 }
 
-// addr returns a 127.0.0.1 address whose port is free for TCP and UDP, in
-// 10000-19999 (below the ephemeral range, and apart from the node tests'
-// 20000-31999, which may run at the same time), never handed out twice in a
-// run.
-func (r *runner) addr() string {
+// addr returns an address for a member in namespace ns whose port is
+// free, in 10000-19999 (below the ephemeral range, and apart from the node
+// tests' 20000-31999, which may run at the same time), never handed out
+// twice in a run. Without namespaces it is on 127.0.0.1 and checked free
+// for TCP and UDP; a fresh namespace has only the run's own ports.
+func (r *runner) addr(ns int) string {
 	for {
 		p := 10000 + r.rng.IntN(10000)
 		if r.ports[p] {
 			continue
+		}
+		if r.lab != nil {
+			r.ports[p] = true
+			return fmt.Sprintf("%s:%d", r.lab.Addrs[ns], p)
 		}
 		a := fmt.Sprintf("127.0.0.1:%d", p)
 		l, err := net.Listen("tcp", a)

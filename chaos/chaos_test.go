@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/difftrain/difftrain/allreduce/netns"
 	"github.com/difftrain/difftrain/node"
 )
 
@@ -59,7 +60,12 @@ func reference(t *testing.T, bin, data string, steps int64) (map[int64]float64, 
 	return loss, members
 }
 
-func runChaos(t *testing.T, events int, d time.Duration, seed uint64, conflict float64) {
+func runChaos(t *testing.T, events, partitions int, d time.Duration, seed uint64, conflict float64) {
+	if partitions > 0 {
+		if err := netns.Check(); err != nil {
+			t.Skipf("partition events: %v", err)
+		}
+	}
 	bin, data := build(t)
 	dir := t.TempDir()
 	if d := os.Getenv("CHAOS_DIR"); d != "" { // keep the nodes' files
@@ -67,7 +73,7 @@ func runChaos(t *testing.T, events int, d time.Duration, seed uint64, conflict f
 		os.RemoveAll(dir)
 	}
 	evs, err := Run(context.Background(), Options{Bin: bin, Data: data, Dir: dir, Events: events, Duration: d,
-		Seed: seed, Conflict: conflict, Log: testLog{t}})
+		Seed: seed, Conflict: conflict, Netns: partitions > 0, Partitions: partitions, Log: testLog{t}})
 	for _, e := range evs {
 		if e.Conflicting && !e.Refused {
 			t.Errorf("conflicting joiner at %v was not refused with a clear error", e.At)
@@ -102,19 +108,30 @@ func TestChaos(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs several trainer processes")
 	}
-	runChaos(t, 4, 20*time.Second, 3, 1)
+	runChaos(t, 4, 0, 20*time.Second, 3, 1)
 }
 
-// TestChaosLong is scripts/chaos.sh's run: CHAOS_EVENTS events over
-// CHAOS_MINUTES minutes.
+// TestChaosPartitions is the short chaos run in network namespaces, with
+// partitions of a member from the other two between the kills (root only).
+func TestChaosPartitions(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs several trainer processes in network namespaces")
+	}
+	runChaos(t, 2, 3, 30*time.Second, 5, 0.5)
+}
+
+// TestChaosLong is scripts/chaos.sh's run: CHAOS_EVENTS kill events and
+// CHAOS_PARTITIONS partitions (in network namespaces) over CHAOS_MINUTES
+// minutes.
 func TestChaosLong(t *testing.T) {
 	ev, _ := strconv.Atoi(os.Getenv("CHAOS_EVENTS"))
 	min, _ := strconv.Atoi(os.Getenv("CHAOS_MINUTES"))
 	if ev == 0 || min == 0 {
 		t.Skip("set CHAOS_EVENTS and CHAOS_MINUTES (scripts/chaos.sh)")
 	}
+	parts, _ := strconv.Atoi(os.Getenv("CHAOS_PARTITIONS"))
 	seed, _ := strconv.ParseUint(os.Getenv("CHAOS_SEED"), 10, 64)
-	runChaos(t, ev, time.Duration(min)*time.Minute, seed, 0.2)
+	runChaos(t, ev, parts, time.Duration(min)*time.Minute, seed, 0.2)
 }
 
 type testLog struct{ t *testing.T }

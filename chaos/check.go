@@ -21,29 +21,40 @@ import (
 // lastRecord returns the time and step of the last line of dir's
 // metrics.jsonl, reading only the file's end.
 func lastRecord(dir string) (time.Time, int64, bool) {
+	r, ok := lastRec(dir)
+	return r.Time, r.Step, ok
+}
+
+// tail is what the runner reads of a node's newest step record.
+type tail struct {
+	Time    time.Time `json:"time"`
+	Step    int64     `json:"step"`
+	Members int       `json:"members"`
+}
+
+// lastRec returns the last line of dir's metrics.jsonl, reading only the
+// file's end.
+func lastRec(dir string) (tail, bool) {
+	var r tail
 	f, err := os.Open(filepath.Join(dir, "metrics.jsonl"))
 	if err != nil {
-		return time.Time{}, 0, false
+		return r, false
 	}
 	defer f.Close()
 	st, err := f.Stat()
 	if err != nil || st.Size() == 0 {
-		return time.Time{}, 0, false
+		return r, false
 	}
 	off := max(0, st.Size()-8192)
 	buf := make([]byte, st.Size()-off)
 	if _, err := f.ReadAt(buf, off); err != nil && err != io.EOF {
-		return time.Time{}, 0, false
+		return r, false
 	}
 	lines := bytes.Split(bytes.TrimRight(buf, "\n"), []byte("\n"))
-	var r struct {
-		Time time.Time `json:"time"`
-		Step int64     `json:"step"`
-	}
 	if err := json.Unmarshal(lines[len(lines)-1], &r); err != nil {
-		return time.Time{}, 0, false
+		return r, false
 	}
-	return r.Time, r.Step, true
+	return r, true
 }
 
 // Result is what Check found.
@@ -219,19 +230,50 @@ func checkFinal(dirs []string, bad func(string, ...any)) {
 	slices.Sort(ok)
 }
 
-// Summary of recovery and rejoin times.
+// Summary of recovery and rejoin times. Kill events and partition events
+// are counted apart.
 type Summary struct {
 	Events, Coordinator, Seed, NewAddr, Conflicting, Refused int
-	RecoveryMedian, RecoveryMax                              time.Duration
-	CoordRecoveryMedian, CoordRecoveryMax                    time.Duration
-	RejoinMedian, RejoinMax                                  time.Duration
+	Recovery, CoordRecovery, Rejoin                          Spread
+	Partitions, CoordPartitions                              int
+	CutRecovery, Heal                                        Spread // cut to the others' next step; heal to the cut-off member's
+}
+
+// Spread is the median, 90th percentile and maximum of some durations (-1
+// when there are none).
+type Spread struct{ Median, P90, Max time.Duration }
+
+func spread(d []time.Duration) Spread {
+	if len(d) == 0 {
+		return Spread{-1, -1, -1}
+	}
+	slices.Sort(d)
+	return Spread{d[len(d)/2], d[(len(d)*9)/10], d[len(d)-1]}
+}
+
+func (s Spread) String() string {
+	r := func(d time.Duration) string { return d.Round(time.Millisecond).String() }
+	return fmt.Sprintf("median %s p90 %s max %s", r(s.Median), r(s.P90), r(s.Max))
 }
 
 // Summarize computes the figures the closing note reports.
 func Summarize(evs []Event) Summary {
 	var s Summary
-	var rec, crec, rej []time.Duration
+	var rec, crec, rej, cut, heal []time.Duration
 	for _, e := range evs {
+		if e.Partition {
+			s.Partitions++
+			if e.Coordinator {
+				s.CoordPartitions++
+			}
+			if e.Recovery >= 0 {
+				cut = append(cut, e.Recovery)
+			}
+			if e.Rejoin >= 0 {
+				heal = append(heal, e.Rejoin)
+			}
+			continue
+		}
 		s.Events++
 		if e.Coordinator {
 			s.Coordinator++
@@ -258,23 +300,17 @@ func Summarize(evs []Event) Summary {
 			rej = append(rej, e.Rejoin)
 		}
 	}
-	s.RecoveryMedian, s.RecoveryMax = medMax(rec)
-	s.CoordRecoveryMedian, s.CoordRecoveryMax = medMax(crec)
-	s.RejoinMedian, s.RejoinMax = medMax(rej)
+	s.Recovery, s.CoordRecovery, s.Rejoin = spread(rec), spread(crec), spread(rej)
+	s.CutRecovery, s.Heal = spread(cut), spread(heal)
 	return s
 }
 
-func medMax(d []time.Duration) (time.Duration, time.Duration) {
-	if len(d) == 0 {
-		return -1, -1
-	}
-	slices.Sort(d)
-	return d[len(d)/2], d[len(d)-1]
-}
-
 func (s Summary) String() string {
-	r := func(d time.Duration) string { return d.Round(time.Millisecond).String() }
-	return fmt.Sprintf("%d events (%d of the coordinator/seed, %d restarts on a new address, %d conflicting joiners, %d refused): recovery median %s max %s (coordinator: median %s max %s); rejoin median %s max %s",
-		s.Events, s.Coordinator, s.NewAddr, s.Conflicting, s.Refused, r(s.RecoveryMedian), r(s.RecoveryMax),
-		r(s.CoordRecoveryMedian), r(s.CoordRecoveryMax), r(s.RejoinMedian), r(s.RejoinMax))
+	out := fmt.Sprintf("%d kill events (%d of the coordinator/seed, %d restarts on a new address, %d conflicting joiners, %d refused): recovery %s (coordinator: %s); rejoin %s",
+		s.Events, s.Coordinator, s.NewAddr, s.Conflicting, s.Refused, s.Recovery, s.CoordRecovery, s.Rejoin)
+	if s.Partitions > 0 {
+		out += fmt.Sprintf("; %d partitions (%d of the coordinator): the others trained again %s after the cut, the cut-off member %s after the heal",
+			s.Partitions, s.CoordPartitions, s.CutRecovery, s.Heal)
+	}
+	return out
 }

@@ -5,7 +5,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -84,15 +83,15 @@ func TestPartition(t *testing.T) {
 	waitAll(20, 3, time.Time{}, 0, 1, 2)
 
 	cut := time.Now()
-	if out, err := exec.Command("ip", "-n", labHub(lab), "link", "set", "m0", "down").CombinedOutput(); err != nil {
-		t.Fatalf("partition: %v: %s", err, out)
+	if err := lab.SetLink(0, false); err != nil {
+		t.Fatalf("partition: %v", err)
 	}
 	_, at, _ := lastRecord(dirs[1])
 	waitAll(at+30, 2, cut, 1, 2)
 	isolated, _ := node.ReadRecordsFile(dirs[0])
 	heal := time.Now()
-	if out, err := exec.Command("ip", "-n", labHub(lab), "link", "set", "m0", "up").CombinedOutput(); err != nil {
-		t.Fatalf("heal: %v: %s", err, out)
+	if err := lab.SetLink(0, true); err != nil {
+		t.Fatalf("heal: %v", err)
 	}
 	for _, r := range isolated {
 		if r.Time.After(cut.Add(time.Second)) {
@@ -123,11 +122,6 @@ func TestPartition(t *testing.T) {
 	if t.Failed() {
 		logTails(t, dirs)
 	}
-}
-
-// labHub is the bridge namespace of lab (netns names it prefix-hub).
-func labHub(l *netns.Lab) string {
-	return strings.TrimSuffix(l.NS[0], "-0") + "-hub"
 }
 
 func logTails(t *testing.T, dirs []string) {

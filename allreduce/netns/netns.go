@@ -134,6 +134,16 @@ func (l *Lab) Command(i int, name string, args ...string) *exec.Cmd {
 	return exec.Command("ip", append([]string{"netns", "exec", l.NS[i], name}, args...)...)
 }
 
+// SetLink takes member i's link to the bridge down (cutting it off from
+// every other member) or up again.
+func (l *Lab) SetLink(i int, up bool) error {
+	state := "down"
+	if up {
+		state = "up"
+	}
+	return run("ip", "-n", l.hub, "link", "set", fmt.Sprintf("m%d", i), state)
+}
+
 // Close deletes every namespace (and with them the veths and the bridge).
 func (l *Lab) Close() error {
 	var errs []error
