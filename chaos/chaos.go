@@ -51,8 +51,8 @@ type Options struct {
 	// Partitions are partition events (Netns only), placed at random
 	// among the kill events: one member is cut off, then healed.
 	Partitions int
-	Log      io.Writer     // progress lines (nil: none)
-	Args     []string      // extra flags for every node
+	Log        io.Writer // progress lines (nil: none)
+	Args       []string  // extra flags for every node
 }
 
 // Event is one injected failure and how the cluster took it.
