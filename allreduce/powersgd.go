@@ -40,6 +40,18 @@ import (
 // checkpoints. A ring change costs one step of warm start. The per-member
 // residual is training state like int8's: Residual and SetResidual.
 
+// PowerSGDStartFor resolves a run's PowerSGD start step (Config.PowerSGDStart,
+// PyTorch's start_powerSGD_iter): start itself when it is 0 or more, and for
+// -1 (auto) PyTorch's advice for it: 10% of the run's steps, and no earlier
+// than the end of the learning-rate warmup. It is a pure function of the
+// run's configuration, so every member resolves it alike.
+func PowerSGDStartFor(start, steps, warmup int) uint64 {
+	if start >= 0 {
+		return uint64(start)
+	}
+	return uint64(max(0, warmup, steps/10))
+}
+
 // psgdMinRate is the hook's min_compression_rate.
 const psgdMinRate = 2
 

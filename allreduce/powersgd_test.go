@@ -497,3 +497,19 @@ func TestPowerSGDTrainsLikeSum(t *testing.T) {
 		t.Errorf("powersgd loss %.5f, exact sums %.5f", final[CodecPowerSGD], final[CodecNone])
 	}
 }
+
+// TestPowerSGDStartFor: a given start is kept; -1 is 10% of the steps, but
+// never before the warmup ends.
+func TestPowerSGDStartFor(t *testing.T) {
+	for _, tc := range []struct {
+		start, steps, warmup int
+		want                 uint64
+	}{
+		{0, 600, 30, 0}, {7, 600, 30, 7}, {-1, 600, 30, 60}, {-1, 600, 100, 100},
+		{-1, 10000, 2000, 2000}, {-1, 1000, 0, 100}, {-1, 5, 0, 0},
+	} {
+		if got := PowerSGDStartFor(tc.start, tc.steps, tc.warmup); got != tc.want {
+			t.Errorf("PowerSGDStartFor(%d, %d, %d) = %d, want %d", tc.start, tc.steps, tc.warmup, got, tc.want)
+		}
+	}
+}

@@ -40,6 +40,8 @@ type childSpec struct {
 	Steps, Batch    int
 	MinNodes        int
 	Codec           string
+	PowerSGDRank    int // with Codec powersgd
+	PowerSGDStart   int
 	CheckpointEvery int
 	ChecksumEvery   int
 	Resume          string
@@ -82,7 +84,7 @@ func runChild(raw string) int {
 		Resume: s.Resume, RunDir: s.RunDir, GRPCListen: s.GRPC,
 		Cluster: cluster.Config{Name: s.Name, BindAddr: host, BindPort: p, GRPCAddr: s.GRPC, Seeds: s.Seeds,
 			MinNodes: s.MinNodes, JoinTimeout: 30 * time.Second, Timing: timing, Data: s.Data},
-		Codec: s.Codec, AllreduceTimeout: 3 * time.Second, ChecksumEvery: s.ChecksumEvery,
+		Codec: s.Codec, PowerSGDRank: s.PowerSGDRank, PowerSGDStart: s.PowerSGDStart, AllreduceTimeout: 3 * time.Second, ChecksumEvery: s.ChecksumEvery,
 		Progress: "log", LogEvery: 10, SampleLog: filepath.Join(s.RunDir, "samples.log"),
 		Explicit: s.Explicit, Rejoin: s.Rejoin, RejoinWait: 3 * time.Second,
 	}

@@ -211,6 +211,7 @@ func (n *Node) build() error {
 	arc := allreduce.Config{Codec: o.Codec, BucketBytes: o.BucketBytes, Deadline: o.AllreduceTimeout,
 		Checksum: o.AllreduceChecksum, Logger: n.log}
 	arc.PowerSGDRank, arc.Seed = o.PowerSGDRank, n.cfg.Seed
+	arc.PowerSGDStart = allreduce.PowerSGDStartFor(o.PowerSGDStart, n.cfg.Steps, n.cfg.Warmup)
 	for _, t := range tr.Model.Tensors { // [rows, cols] as PyTorch's powerSGD hook views a tensor
 		arc.Tensors = append(arc.Tensors, allreduce.Tensor{Off: t.Offset, Rows: t.Shape[0], Cols: t.Size / t.Shape[0]})
 	}

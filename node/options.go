@@ -60,6 +60,7 @@ type Options struct {
 	Codec            string
 	BucketBytes      int
 	PowerSGDRank     int // rank of codec powersgd (0: 1)
+	PowerSGDStart    int // first step powersgd compresses, plain sums before (-1: allreduce.PowerSGDStartFor's auto)
 	AllreduceTimeout time.Duration
 	// AllreduceChecksum adds a CRC-32C to every gradient message.
 	AllreduceChecksum bool

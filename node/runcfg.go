@@ -28,6 +28,7 @@ import (
 type RingSettings struct {
 	Codec             string `json:"codec"`
 	PowerSGDRank      int    `json:"powersgd_rank,omitempty"`
+	PowerSGDStart     int    `json:"powersgd_start,omitempty"`
 	BucketBytes       int    `json:"bucket_bytes"`
 	AllreduceChecksum bool   `json:"allreduce_checksum"`
 	ChecksumEvery     int    `json:"checksum_every"`
@@ -46,7 +47,7 @@ type RunConfig struct {
 // ringSettings reads the ring settings of the node's options.
 func (o *Options) ringSettings() RingSettings {
 	return RingSettings{
-		Codec: cmp.Or(o.Codec, "none"), PowerSGDRank: o.PowerSGDRank, BucketBytes: o.BucketBytes, AllreduceChecksum: o.AllreduceChecksum,
+		Codec: cmp.Or(o.Codec, "none"), PowerSGDRank: o.PowerSGDRank, PowerSGDStart: o.PowerSGDStart, BucketBytes: o.BucketBytes, AllreduceChecksum: o.AllreduceChecksum,
 		ChecksumEvery: o.ChecksumEvery, MaxBadSteps: o.MaxBadSteps, MinNodes: o.Cluster.MinNodes, MaxNodes: o.Cluster.MaxNodes,
 	}
 }
@@ -54,6 +55,7 @@ func (o *Options) ringSettings() RingSettings {
 // adoptRing sets the node's options to the ring's settings.
 func (o *Options) adoptRing(r RingSettings) {
 	o.Codec, o.PowerSGDRank, o.BucketBytes, o.AllreduceChecksum = r.Codec, r.PowerSGDRank, r.BucketBytes, r.AllreduceChecksum
+	o.PowerSGDStart = r.PowerSGDStart
 	o.ChecksumEvery, o.MaxBadSteps = r.ChecksumEvery, r.MaxBadSteps
 	o.Cluster.MinNodes, o.Cluster.MaxNodes = r.MinNodes, r.MaxNodes
 }
@@ -63,6 +65,7 @@ func (o *Options) adoptRing(r RingSettings) {
 var ringFields = map[string]func(RunConfig) string{
 	"codec":              func(r RunConfig) string { return r.Ring.Codec },
 	"powersgd-rank":      func(r RunConfig) string { return strconv.Itoa(r.Ring.PowerSGDRank) },
+	"powersgd-start":     func(r RunConfig) string { return strconv.Itoa(r.Ring.PowerSGDStart) },
 	"bucket-mb":          func(r RunConfig) string { return fmtFloat(float64(r.Ring.BucketBytes) / (1 << 20)) },
 	"allreduce-checksum": func(r RunConfig) string { return strconv.FormatBool(r.Ring.AllreduceChecksum) },
 	"checksum-every":     func(r RunConfig) string { return strconv.Itoa(r.Ring.ChecksumEvery) },
@@ -132,7 +135,7 @@ func decodeRunConfig(b []byte) (RunConfig, error) {
 	if err := rc.Train.Validate(); err != nil {
 		return rc, fmt.Errorf("run config: %w", err)
 	}
-	if rc.Ring.BucketBytes < 0 || rc.Ring.ChecksumEvery < 0 || rc.Ring.MaxBadSteps < 0 || rc.Ring.MinNodes < 0 || rc.Ring.MaxNodes < 0 {
+	if rc.Ring.BucketBytes < 0 || rc.Ring.ChecksumEvery < 0 || rc.Ring.MaxBadSteps < 0 || rc.Ring.MinNodes < 0 || rc.Ring.MaxNodes < 0 || rc.Ring.PowerSGDStart < -1 {
 		return rc, fmt.Errorf("run config: bad ring settings %+v", rc.Ring)
 	}
 	return rc, nil

@@ -38,6 +38,8 @@ func (o *Options) Validate() error {
 		return fmt.Errorf("--keep 1: the newest checkpoint may be damaged or still in flight when the previous one goes; keep at least 2")
 	case o.Codec != "" && !slices.Contains(allreduce.Codecs, o.Codec):
 		return fmt.Errorf("--codec %q: want one of %v", o.Codec, allreduce.Codecs)
+	case o.PowerSGDStart < -1:
+		return fmt.Errorf("--powersgd-start %d: want a step (0 or more) or -1 (10%% of --steps, at least --warmup)", o.PowerSGDStart)
 	case o.BucketBytes > 0 && o.BucketBytes < 4:
 		return fmt.Errorf("--bucket-mb: a bucket of %d bytes is smaller than one float32", o.BucketBytes)
 	case !slices.Contains([]string{"", "auto", "bar", "log", "none"}, o.Progress):

@@ -62,6 +62,7 @@ type runFlags struct {
 	codec             string
 	bucketMB          float64
 	powersgdRank      int
+	powersgdStart     int
 	allreduceTimeout  time.Duration
 	allreduceChecksum bool
 
@@ -133,6 +134,7 @@ func (f *runFlags) register(fs *pflag.FlagSet, join bool) {
 	fs.StringVar(&f.codec, "codec", "none", "gradient codec: none, bf16, bf16-zstd, int8 or powersgd")
 	fs.Float64Var(&f.bucketMB, "bucket-mb", 25, "gradient bucket size in MiB")
 	fs.IntVar(&f.powersgdRank, "powersgd-rank", 1, "rank of --codec powersgd's low-rank approximation (PyTorch's matrix_approximation_rank)")
+	fs.IntVar(&f.powersgdStart, "powersgd-start", -1, "first step --codec powersgd compresses, plain sums before (PyTorch's start_powerSGD_iter; -1: 10% of --steps, at least --warmup)")
 	fs.DurationVar(&f.allreduceTimeout, "allreduce-timeout", 10*time.Second, "abort a step when a ring neighbour is silent this long")
 	fs.BoolVar(&f.allreduceChecksum, "allreduce-checksum", false, "CRC-32C every gradient message (catches corruption TCP cannot; every node must agree)")
 
