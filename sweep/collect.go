@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"math"
 	"os"
 	"path/filepath"
 
@@ -20,18 +21,41 @@ type Result struct {
 	Steps []float64 // steps with a finite ELBO
 	EMA   []float64 // their EMA-smoothed ELBO
 	Curve *scaling.Curve
+	Eval  *EvalResult // the held-out evaluation behind the loss (LossVal)
+}
+
+// Loss sources of a run's final loss.
+const (
+	LossTrain = "train" // the EMA-smoothed training ELBO at the last step
+	LossVal   = "val"   // the held-out ELBO of the final checkpoint (eval.json)
+)
+
+// CollectOptions say how to read runs.
+type CollectOptions struct {
+	EMA  float64 // EMA factor of the training ELBO
+	Loss string  // LossTrain (default) or LossVal
 }
 
 // Collect reads the runs under paths: sweep directories (every planned run)
 // or run directories holding config.json (or config.yaml) and
 // metrics.jsonl. The loss of a run is its EMA-smoothed ELBO at the last
-// step (factor beta). A run that cannot be read, or has not reached its
-// planned steps, is reported in skipped and left out.
-func Collect(paths []string, beta float64) (runs []Result, skipped []string, err error) {
+// step (factor o.EMA), or with LossVal the held-out ELBO in its eval.json,
+// which must be of its final step and the same evaluation for every run. A
+// run that cannot be read, or has not reached its planned steps, is
+// reported in skipped and left out.
+func Collect(paths []string, o CollectOptions) (runs []Result, skipped []string, err error) {
+	switch o.Loss {
+	case "":
+		o.Loss = LossTrain
+	case LossTrain, LossVal:
+	default:
+		return nil, nil, fmt.Errorf("fit: loss %q, want %q or %q", o.Loss, LossTrain, LossVal)
+	}
+	beta := o.EMA
 	for _, p := range paths {
 		if m, lerr := Load(p); lerr == nil {
 			for _, r := range m.Runs {
-				res, why := readRun(RunDir(p, r.Name), beta, r.Budget)
+				res, why := readRun(RunDir(p, r.Name), beta, r.Budget, o.Loss)
 				if why != "" {
 					skipped = append(skipped, fmt.Sprintf("%s: %s", RunDir(p, r.Name), why))
 					continue
@@ -43,18 +67,26 @@ func Collect(paths []string, beta float64) (runs []Result, skipped []string, err
 		if st, serr := os.Stat(p); serr != nil || !st.IsDir() {
 			return nil, nil, fmt.Errorf("fit: %s is neither a sweep nor a run directory", p)
 		}
-		res, why := readRun(p, beta, 0)
+		res, why := readRun(p, beta, 0, o.Loss)
 		if why != "" {
 			skipped = append(skipped, fmt.Sprintf("%s: %s", p, why))
 			continue
 		}
 		runs = append(runs, res)
 	}
+	if o.Loss == LossVal {
+		for _, r := range runs[min(1, len(runs)):] {
+			if r.Eval.EvalSpec != runs[0].Eval.EvalSpec {
+				return nil, nil, fmt.Errorf("fit: %s and %s were evaluated differently (%+v, %+v): evaluate every run alike with `trainer sweep eval`",
+					runs[0].Dir, r.Dir, runs[0].Eval.EvalSpec, r.Eval.EvalSpec)
+			}
+		}
+	}
 	return runs, skipped, nil
 }
 
 // readRun reads one run directory; budget 0 means C = M·D.
-func readRun(dir string, beta, budget float64) (Result, string) {
+func readRun(dir string, beta, budget float64, loss string) (Result, string) {
 	c, err := readConfig(dir)
 	if err != nil {
 		return Result{}, err.Error()
@@ -96,6 +128,19 @@ func readRun(dir string, beta, budget float64) (Result, string) {
 	}
 	r.Point = scaling.Point{Name: filepath.Base(dir), Noise: c.Noise, M: m, D: d, C: budget,
 		Loss: r.EMA[len(r.EMA)-1], Params: float64(c.Model.NonEmbeddingParams())}
+	if loss == LossVal {
+		e, err := ReadEval(dir)
+		if err != nil {
+			return Result{}, err.Error()
+		}
+		if e.Step != int64(c.Steps) {
+			return Result{}, fmt.Sprintf("%s is of step %d, not the final step %d", EvalFile, e.Step, c.Steps)
+		}
+		if !(e.Elbo > 0) || math.IsInf(e.Elbo, 0) {
+			return Result{}, fmt.Sprintf("%s: ELBO %g is not a positive finite loss", EvalFile, e.Elbo)
+		}
+		r.Eval, r.Point.Loss = &e, e.Elbo
+	}
 	return r, ""
 }
 

@@ -144,7 +144,7 @@ func TestRunKilledAndRestarted(t *testing.T) {
 			t.Errorf("%s: pid file left behind", r.Name)
 		}
 	}
-	runs, skipped, err := Collect([]string{dir}, 0.9)
+	runs, skipped, err := Collect([]string{dir}, CollectOptions{EMA: 0.9})
 	if err != nil || len(runs) != len(m.Runs) || len(skipped) != 0 {
 		t.Errorf("collect the finished sweep: %d runs, skipped %v, %v", len(runs), skipped, err)
 	}

@@ -22,6 +22,7 @@ import (
 
 type fitFlags struct {
 	table, out, ratioAt string
+	loss                string
 	json                bool
 	bootstrap, surfBoot int
 	delta, lawDelta     float64
@@ -37,7 +38,9 @@ func init() {
 		Long: `fit reads finished runs (run directories with config.json and metrics.jsonl, a
 sweep directory, or --table FILE.csv/.jsonl with columns noise, M, D, [C], loss,
 [params]) and fits what gidd-spec §9.2–§9.5 fit, per noise type: each run's loss
-curve L(S) = C + B·S^−b on the EMA-smoothed ELBO; the best run per (size, C);
+curve L(S) = C + B·S^−b on the EMA-smoothed ELBO; its final loss (the last EMA
+ELBO, or with --loss val the held-out ELBO that ` + "`trainer sweep eval`" + ` wrote); the
+best run per (size, C);
 iso-FLOP parabolas in log-log space and their optima M*(C), D*(C), L*(C); power laws
 y = A·C^α through the optima, fitted in log space with a Huber loss, with 95%
 bootstrap intervals (runs resampled within each budget); and the surface
@@ -56,6 +59,7 @@ Runs that are unfinished or whose files are corrupt are reported and skipped.`,
 	fs.Float64Var(&f.delta, "huber-delta", 1e-3, "Huber δ on log-loss residuals of the 2-D surface (Chinchilla's)")
 	fs.Float64Var(&f.lawDelta, "huber-delta-law", 0.1, "Huber δ on log residuals of the power laws through the optima")
 	fs.Float64Var(&f.ema, "ema", 0.95, "EMA factor for smoothing each run's ELBO")
+	fs.StringVar(&f.loss, "loss", sweep.LossTrain, "each run's loss: train (its last EMA ELBO) or val (held-out ELBO of its final checkpoint, from `trainer sweep eval`)")
 	fs.Uint64Var(&f.seed, "seed", 1, "bootstrap seed")
 	fs.StringVar(&f.ratioAt, "ratio-at", "", "budgets for the uniform/masked loss ratio (default: the budgets fitted)")
 	root.AddCommand(cmd)
@@ -85,7 +89,7 @@ func runFit(w io.Writer, f *fitFlags, args []string) error {
 	default:
 		var skipped []string
 		var err error
-		if runs, skipped, err = sweep.Collect(args, f.ema); err != nil {
+		if runs, skipped, err = sweep.Collect(args, sweep.CollectOptions{EMA: f.ema, Loss: f.loss}); err != nil {
 			return err
 		}
 		for _, s := range skipped {
@@ -117,7 +121,7 @@ func runFit(w io.Writer, f *fitFlags, args []string) error {
 			return err
 		}
 	} else {
-		printRuns(w, runs)
+		printRuns(w, runs, f.loss)
 		printFit(w, fits, ratios)
 	}
 	if f.out == "" {
@@ -188,11 +192,15 @@ func lossRatios(fits []*scaling.NoiseFit, pts []scaling.Point, at string) ([]rat
 }
 
 // printRuns lists the runs read from directories with their loss-curve fits.
-func printRuns(w io.Writer, runs []sweep.Result) {
+func printRuns(w io.Writer, runs []sweep.Result, loss string) {
 	if len(runs) == 0 {
 		return
 	}
-	fmt.Fprintln(w, "Runs (loss: final EMA ELBO; curve: L(S) = C + B·S^−b from the end of warmup)")
+	src := "final EMA ELBO"
+	if loss == sweep.LossVal {
+		src = "held-out ELBO of the final checkpoint"
+	}
+	fmt.Fprintf(w, "Runs (loss: %s; curve: L(S) = C + B·S^−b from the end of warmup)\n", src)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "run	M	D	C	loss	curve")
 	for _, r := range runs {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/signal"
@@ -144,7 +145,106 @@ runs write under /data/sweeps/SWEEP/NAME there.`,
 	rf.StringVar(&k8sBase, "k8s-base", filepath.Join(k8s.Dir(), "overlays", "cpu"), "kustomization whose trainer Job the runs' Jobs copy")
 	rf.StringVar(&k8sOut, "k8s-out", "", "directory for the rendered manifests (default SWEEP_DIR/k8s)")
 	sweepCmd.AddCommand(run)
+
+	var eo sweep.EvalOptions
+	var evalData string
+	var evalThreads int
+	ev := &cobra.Command{
+		Use:   "eval SWEEP_DIR",
+		Short: "Evaluate each finished run's final checkpoint on held-out data, for `fit --loss val`",
+		Long: `eval measures every finished run of a sweep on the same held-out sequences:
+the training ELBO estimator (gidd-spec §2.6, as ` + "`trainer eval`" + ` prints it) of its
+final checkpoint over --sequences sequences of --split (0: all of them), with the
+noise draws of --seed, so every run sees the same tokens and the same noise. It
+writes SWEEP_DIR/runs/NAME/eval.json; runs that already have one for the same
+split, sequences, seed and final step are not evaluated again (--force does).
+` + "`trainer fit --loss val`" + ` then fits these losses instead of the last EMA of the
+training ELBO, whose batch-to-batch noise at small batches is as large as the
+differences between sizes on an iso-FLOP curve.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if eo.Spec.Sequences < 0 || evalThreads < 0 {
+				return fmt.Errorf("sweep eval: --sequences %d and --threads %d must be >= 0", eo.Spec.Sequences, evalThreads)
+			}
+			data := evalData
+			if data == "" {
+				m, err := sweep.Load(args[0])
+				if err != nil {
+					return err
+				}
+				data = m.Data
+			}
+			if data == "" {
+				return fmt.Errorf("sweep eval %s: no dataset (give --data)", args[0])
+			}
+			eo.Eval = func(ctx context.Context, runDir string, sp sweep.EvalSpec) (sweep.EvalResult, error) {
+				return evalRun(runDir, data, sp, evalThreads)
+			}
+			ctx, stop := signalContext()
+			defer stop()
+			n, pending, err := sweep.Eval(ctx, args[0], eo)
+			fmt.Fprintf(cmd.OutOrStdout(), "sweep eval: %d runs evaluated, %d not finished\n", n, pending)
+			return err
+		},
+	}
+	ef := ev.Flags()
+	ef.StringVar(&evalData, "data", "", "dataset directory (default: the one planned with)")
+	ef.StringVar(&eo.Spec.Split, "split", "val", "dataset split")
+	ef.Int64Var(&eo.Spec.Sequences, "sequences", 0, "sequences to evaluate (0: the whole split)")
+	ef.Uint64Var(&eo.Spec.Seed, "seed", 1, "seed of the sequence order")
+	ef.IntVarP(&eo.Jobs, "jobs", "j", 1, "runs at a time")
+	ef.IntVar(&evalThreads, "threads", 1, "CPU threads per evaluation (0: all cores)")
+	ef.BoolVar(&eo.Force, "force", false, "evaluate runs again that already have a result")
+	sweepCmd.AddCommand(ev)
 	root.AddCommand(sweepCmd)
+}
+
+// evalRun is the training-ELBO estimate of ` + "`trainer eval`" + ` for the newest
+// checkpoint of a run directory: sequences [0, n) of the split, noised as
+// positions far from any training step.
+func evalRun(runDir, data string, sp sweep.EvalSpec, threads int) (sweep.EvalResult, error) {
+	res := sweep.EvalResult{EvalSpec: sp}
+	st, err := loadCheckpoint(filepath.Join(runDir, "checkpoints"))
+	if err != nil {
+		return res, err
+	}
+	var cfg train.Config
+	if err := json.Unmarshal(st.Config, &cfg); err != nil {
+		return res, fmt.Errorf("checkpoint %s: config: %w", st.Dir, err)
+	}
+	b, err := device.Open("auto", "fp32", threads)
+	if err != nil {
+		return res, err
+	}
+	defer b.Close()
+	src, err := dataset.Open(context.Background(), dataset.Options{Dir: data, Split: sp.Split, Seed: sp.Seed})
+	if err != nil {
+		return res, err
+	}
+	defer src.Close()
+	cfg.Batch, cfg.MicroBatch = 32, 32
+	tr, err := train.New(b, cfg)
+	if err != nil {
+		return res, err
+	}
+	defer tr.Close()
+	if err := setParams(tr.Model, st); err != nil {
+		return res, err
+	}
+	n := src.Len()
+	if sp.Sequences > 0 {
+		if sp.Sequences > n {
+			return res, fmt.Errorf("sweep eval: --sequences %d, the %s split of %s has %d", sp.Sequences, sp.Split, data, n)
+		}
+		n = sp.Sequences
+	}
+	const far = 1 << 40
+	mt, err := tr.Evaluate(offsetSource{src, far}, far, far+n)
+	if err != nil {
+		return res, err
+	}
+	res.Step, res.Elbo = st.Step, mt.Summary(1).Elbo
+	return res, nil
 }
 
 func runSweepPlan(cmd *cobra.Command, f *sweepPlanFlags, dir string) error {
