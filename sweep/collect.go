@@ -34,6 +34,11 @@ const (
 type CollectOptions struct {
 	EMA  float64 // EMA factor of the training ELBO
 	Loss string  // LossTrain (default) or LossVal
+	// MinSteps leaves out runs planned for fewer steps, as the paper's
+	// iso-FLOP fits leave out runs of 5000 steps or fewer (gidd-spec §9.2):
+	// a run that ends within a few hundred steps of its warmup measures
+	// how fast it starts, not the loss its size reaches at that budget.
+	MinSteps int
 }
 
 // Collect reads the runs under paths: sweep directories (every planned run)
@@ -55,7 +60,7 @@ func Collect(paths []string, o CollectOptions) (runs []Result, skipped []string,
 	for _, p := range paths {
 		if m, lerr := Load(p); lerr == nil {
 			for _, r := range m.Runs {
-				res, why := readRun(RunDir(p, r.Name), beta, r.Budget, o.Loss)
+				res, why := readRun(RunDir(p, r.Name), beta, r.Budget, o)
 				if why != "" {
 					skipped = append(skipped, fmt.Sprintf("%s: %s", RunDir(p, r.Name), why))
 					continue
@@ -67,7 +72,7 @@ func Collect(paths []string, o CollectOptions) (runs []Result, skipped []string,
 		if st, serr := os.Stat(p); serr != nil || !st.IsDir() {
 			return nil, nil, fmt.Errorf("fit: %s is neither a sweep nor a run directory", p)
 		}
-		res, why := readRun(p, beta, 0, o.Loss)
+		res, why := readRun(p, beta, 0, o)
 		if why != "" {
 			skipped = append(skipped, fmt.Sprintf("%s: %s", p, why))
 			continue
@@ -86,13 +91,16 @@ func Collect(paths []string, o CollectOptions) (runs []Result, skipped []string,
 }
 
 // readRun reads one run directory; budget 0 means C = M·D.
-func readRun(dir string, beta, budget float64, loss string) (Result, string) {
+func readRun(dir string, beta, budget float64, o CollectOptions) (Result, string) {
 	c, err := readConfig(dir)
 	if err != nil {
 		return Result{}, err.Error()
 	}
 	if c.Model.SeqLen <= 0 || c.Batch <= 0 || c.Steps <= 0 {
 		return Result{}, "the config lacks the sequence length, batch or steps"
+	}
+	if c.Steps < o.MinSteps {
+		return Result{}, fmt.Sprintf("planned for %d steps, fewer than the %d asked for", c.Steps, o.MinSteps)
 	}
 	f, err := os.Open(filepath.Join(dir, "metrics.jsonl"))
 	if errors.Is(err, fs.ErrNotExist) {
@@ -128,7 +136,7 @@ func readRun(dir string, beta, budget float64, loss string) (Result, string) {
 	}
 	r.Point = scaling.Point{Name: filepath.Base(dir), Noise: c.Noise, M: m, D: d, C: budget,
 		Loss: r.EMA[len(r.EMA)-1], Params: float64(c.Model.NonEmbeddingParams())}
-	if loss == LossVal {
+	if o.Loss == LossVal {
 		e, err := ReadEval(dir)
 		if err != nil {
 			return Result{}, err.Error()

@@ -102,3 +102,32 @@ func TestEvalAndCollectVal(t *testing.T) {
 		t.Error("an unknown loss source was accepted")
 	}
 }
+
+func TestCollectMinSteps(t *testing.T) {
+	dir, m := tinySweep(t)
+	short, long := m.Runs[0], m.Runs[0]
+	for _, r := range m.Runs {
+		fakeFinished(t, dir, r)
+		if r.Steps < short.Steps {
+			short = r
+		}
+		if r.Steps > long.Steps {
+			long = r
+		}
+	}
+	if short.Steps == long.Steps {
+		t.Fatalf("the tiny sweep's runs all have %d steps", short.Steps)
+	}
+	runs, skipped, err := Collect([]string{dir}, CollectOptions{EMA: 0.9, MinSteps: long.Steps})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range runs {
+		if r.Point.Name == short.Name {
+			t.Errorf("%s (%d steps) kept with --min-steps %d", short.Name, short.Steps, long.Steps)
+		}
+	}
+	if len(runs) == 0 || len(runs)+len(skipped) != len(m.Runs) || !strings.Contains(strings.Join(skipped, "\n"), short.Name+": planned for") {
+		t.Errorf("min-steps %d: kept %d, skipped %v", long.Steps, len(runs), skipped)
+	}
+}

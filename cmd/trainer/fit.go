@@ -25,6 +25,7 @@ type fitFlags struct {
 	loss                string
 	json                bool
 	bootstrap, surfBoot int
+	minSteps            int
 	delta, lawDelta     float64
 	ema                 float64
 	seed                uint64
@@ -59,6 +60,7 @@ Runs that are unfinished or whose files are corrupt are reported and skipped.`,
 	fs.Float64Var(&f.delta, "huber-delta", 1e-3, "Huber δ on log-loss residuals of the 2-D surface (Chinchilla's)")
 	fs.Float64Var(&f.lawDelta, "huber-delta-law", 0.1, "Huber δ on log residuals of the power laws through the optima")
 	fs.Float64Var(&f.ema, "ema", 0.95, "EMA factor for smoothing each run's ELBO")
+	fs.IntVar(&f.minSteps, "min-steps", 0, "leave out runs planned for fewer steps (the paper's fits keep runs of more than 5000)")
 	fs.StringVar(&f.loss, "loss", sweep.LossTrain, "each run's loss: train (its last EMA ELBO) or val (held-out ELBO of its final checkpoint, from `trainer sweep eval`)")
 	fs.Uint64Var(&f.seed, "seed", 1, "bootstrap seed")
 	fs.StringVar(&f.ratioAt, "ratio-at", "", "budgets for the uniform/masked loss ratio (default: the budgets fitted)")
@@ -66,8 +68,8 @@ Runs that are unfinished or whose files are corrupt are reported and skipped.`,
 }
 
 func runFit(w io.Writer, f *fitFlags, args []string) error {
-	if f.bootstrap < 0 || f.surfBoot < 0 || !(f.ema >= 0 && f.ema < 1) {
-		return fmt.Errorf("fit: --bootstrap %d, --bootstrap-surface %d must be >= 0 and --ema %g in [0, 1)", f.bootstrap, f.surfBoot, f.ema)
+	if f.bootstrap < 0 || f.surfBoot < 0 || f.minSteps < 0 || !(f.ema >= 0 && f.ema < 1) {
+		return fmt.Errorf("fit: --bootstrap %d, --bootstrap-surface %d, --min-steps %d must be >= 0 and --ema %g in [0, 1)", f.bootstrap, f.surfBoot, f.minSteps, f.ema)
 	}
 	var pts []scaling.Point
 	var runs []sweep.Result
@@ -89,7 +91,7 @@ func runFit(w io.Writer, f *fitFlags, args []string) error {
 	default:
 		var skipped []string
 		var err error
-		if runs, skipped, err = sweep.Collect(args, sweep.CollectOptions{EMA: f.ema, Loss: f.loss}); err != nil {
+		if runs, skipped, err = sweep.Collect(args, sweep.CollectOptions{EMA: f.ema, Loss: f.loss, MinSteps: f.minSteps}); err != nil {
 			return err
 		}
 		for _, s := range skipped {
