@@ -30,7 +30,19 @@ import (
 // The hook averages where a Reducer sums: the result here is the world size
 // times the hook's, and the residual is the hook's exactly. The first
 // Config.PowerSGDStart steps are plain sums that leave the residual as it
-// is (the hook's start_powerSGD_iter).
+// is (the hook's start_powerSGD_iter; PowerSGDStartFor resolves the CLI's
+// default).
+//
+// The hook's settings, as here: matrix_approximation_rank is
+// Config.PowerSGDRank; min_compression_rate 2; use_error_feedback and
+// warm_start on, the residual covering the whole bucket (the uncompressed
+// tensors too, as the hook's error_dict does); per-tensor compression
+// (powerSGD_hook, not batched_powerSGD_hook, which views the whole bucket as
+// one square matrix); orthogonalization_epsilon 0, except that a column of
+// norm zero stays zero where the hook would divide by zero. For ranks above
+// 2 the hook orthogonalises with a QR factorisation instead of Gram-Schmidt:
+// the same columns up to their signs, which cancel in P·Qᵀ.
+// batch_tensors_with_same_shape changes only the hook's speed.
 //
 // Q must be the same on every member. Warm start keeps it so as long as all
 // members start from the same Q, which is therefore re-drawn, a pure function
