@@ -7,6 +7,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"text/tabwriter"
 
@@ -153,23 +154,49 @@ func runFit(w io.Writer, f *fitFlags, args []string) error {
 
 type ratioRow struct {
 	C     float64 `json:"C"`
-	Ratio float64 `json:"ratio"`
+	Ratio float64 `json:"ratio,omitempty"` // of the fitted laws L*(C)
+	// Of the two iso-FLOP optima at this budget, when both have one: the
+	// loss L*_u/L*_m, the size M*_u/M*_m and the tokens D*_u/D*_m.
+	Optima  float64 `json:"optima_ratio,omitempty"`
+	MRatio  float64 `json:"M_ratio,omitempty"`
+	DRatio  float64 `json:"D_ratio,omitempty"`
+	Optimum bool    `json:"-"`
 }
 
-// lossRatios is L*_uniform(C)/L*_masked(C) at the given budgets (or the
-// budgets of the data), when both laws were fitted.
+// lossRatios compares uniform with masked noise: L*_uniform(C)/L*_masked(C)
+// of the fitted laws at the given budgets (or the budgets of the data), and
+// at each budget where both iso-FLOP curves have an optimum the ratios of
+// their losses, sizes and tokens.
 func lossRatios(fits []*scaling.NoiseFit, pts []scaling.Point, at string) ([]ratioRow, error) {
-	var u, m *scaling.Law
+	var u, m *scaling.NoiseFit
 	for _, nf := range fits {
 		switch nf.Noise {
 		case "uniform":
-			u = nf.LOpt
+			u = nf
 		case "masked":
-			m = nf.LOpt
+			m = nf
 		}
 	}
 	if u == nil || m == nil {
 		return nil, nil
+	}
+	var out []ratioRow
+	if at == "" {
+		for _, gu := range u.Groups {
+			for _, gm := range m.Groups {
+				if gu.Optimum != nil && gm.Optimum != nil && scaling.FormatFLOPs(gu.C) == scaling.FormatFLOPs(gm.C) {
+					ou, om := gu.Optimum, gm.Optimum
+					r := ratioRow{C: gu.C, Optima: ou.Loss / om.Loss, MRatio: ou.M / om.M, DRatio: ou.D / om.D, Optimum: true}
+					if u.LOpt != nil && m.LOpt != nil {
+						r.Ratio = scaling.Ratio(*u.LOpt, *m.LOpt, gu.C)
+					}
+					out = append(out, r)
+				}
+			}
+		}
+	}
+	if u.LOpt == nil || m.LOpt == nil {
+		return out, nil
 	}
 	var cs []float64
 	if at != "" {
@@ -179,6 +206,9 @@ func lossRatios(fits []*scaling.NoiseFit, pts []scaling.Point, at string) ([]rat
 		}
 	} else {
 		seen := map[string]bool{}
+		for _, r := range out {
+			seen[scaling.FormatFLOPs(r.C)] = true
+		}
 		for _, p := range pts {
 			if k := scaling.FormatFLOPs(p.C); !seen[k] {
 				seen[k] = true
@@ -186,11 +216,21 @@ func lossRatios(fits []*scaling.NoiseFit, pts []scaling.Point, at string) ([]rat
 			}
 		}
 	}
-	var out []ratioRow
 	for _, c := range cs {
-		out = append(out, ratioRow{c, scaling.Ratio(*u, *m, c)})
+		out = append(out, ratioRow{C: c, Ratio: scaling.Ratio(*u.LOpt, *m.LOpt, c)})
 	}
+	slices.SortFunc(out, func(a, b ratioRow) int { return cmpFloat(a.C, b.C) })
 	return out, nil
+}
+
+func cmpFloat(a, b float64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
 }
 
 // printRuns lists the runs read from directories with their loss-curve fits.
@@ -258,10 +298,20 @@ func printFit(w io.Writer, fits []*scaling.NoiseFit, ratios []ratioRow) {
 	}
 	tw.Flush()
 	if len(ratios) > 0 {
-		fmt.Fprintln(w, "\nUniform/masked compute-optimal loss ratio (§9.7)")
+		fmt.Fprintln(w, "\nUniform/masked at equal compute (§9.7): L*_u/L*_m of the fitted laws; of the iso-FLOP optima, L*_u/L*_m, M*_u/M*_m, D*_u/D*_m")
+		tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(tw, "C\tlaws L*\toptima L*\tM*\tD*")
 		for _, r := range ratios {
-			fmt.Fprintf(w, "C=%.3g  %.4f (%.2f%% gap)\n", r.C, r.Ratio, 100*(r.Ratio-1))
+			law, opt := "-", "-\t-\t-"
+			if r.Ratio != 0 {
+				law = fmt.Sprintf("%.4f (%+.2f%%)", r.Ratio, 100*(r.Ratio-1))
+			}
+			if r.Optimum {
+				opt = fmt.Sprintf("%.4f (%+.2f%%)\t%.3g\t%.3g", r.Optima, 100*(r.Optima-1), r.MRatio, r.DRatio)
+			}
+			fmt.Fprintf(tw, "%.3g\t%s\t%s\n", r.C, law, opt)
 		}
+		tw.Flush()
 	}
 	for _, nf := range fits {
 		for _, n := range nf.Notes {

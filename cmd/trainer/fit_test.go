@@ -57,6 +57,36 @@ func TestFitTable(t *testing.T) {
 			t.Error(err)
 		}
 	}
+	// The uniform/masked comparison at each budget pairs the two optima of
+	// that budget.
+	raw, _ := os.ReadFile(filepath.Join(dir, "out", "fit.json"))
+	var fj struct {
+		Fits map[string]struct {
+			IsoFLOP []struct {
+				C       float64
+				Optimum *struct{ M, D, Loss float64 }
+			} `json:"iso_flop"`
+		}
+		Ratios []struct {
+			C, Ratio, Optima_ratio, M_ratio, D_ratio float64
+		} `json:"uniform_over_masked"`
+	}
+	if err := json.Unmarshal(raw, &fj); err != nil {
+		t.Fatal(err)
+	}
+	if len(fj.Ratios) != 3 {
+		t.Fatalf("%d uniform/masked rows, want one per budget: %s", len(fj.Ratios), raw)
+	}
+	for i, r := range fj.Ratios {
+		u, m := fj.Fits["uniform"].IsoFLOP[i], fj.Fits["masked"].IsoFLOP[i]
+		if u.C != r.C || m.C != r.C || u.Optimum == nil || m.Optimum == nil {
+			t.Fatalf("row %d at C=%g, groups at %g and %g", i, r.C, u.C, m.C)
+		}
+		if math.Abs(r.M_ratio-u.Optimum.M/m.Optimum.M) > 1e-9*r.M_ratio || math.Abs(r.Optima_ratio-u.Optimum.Loss/m.Optimum.Loss) > 1e-12 ||
+			math.Abs(r.M_ratio*r.D_ratio-1) > 1e-9 || !(r.Ratio > 0) {
+			t.Errorf("C=%g: ratios %+v, optima uniform %+v masked %+v", r.C, r, *u.Optimum, *m.Optimum)
+		}
+	}
 }
 
 // TestFitSkipsBadRuns: of three run directories, one with a corrupt line
