@@ -177,15 +177,10 @@ func (noneCodec) accumulate(dst []float32, p []byte, add []float32) error {
 	v, ok := f32s(p)
 	switch {
 	case ok && add == nil:
-		v = v[:len(dst)]
-		for i := range dst {
-			dst[i] += v[i]
-		}
+		add2(dst, dst, v) // AVX2 where the machine has it
 	case ok:
-		v, add = v[:len(dst)], add[:len(dst)]
-		for i := range dst {
-			dst[i] = dst[i] + add[i] + v[i]
-		}
+		add2(dst, dst, add) // (dst + add) + v, as the scalar loop
+		add2(dst, dst, v)
 	default:
 		for i := range dst {
 			dst[i] = sum2(dst, add, i) + math.Float32frombits(binary.LittleEndian.Uint32(p[4*i:]))
