@@ -200,6 +200,8 @@ type Frame struct {
 	LastGen uint64
 
 	pool *Pool
+	// via is the connection a link is about to send f on (see sendConn).
+	via *sendConn
 }
 
 // Len returns the length of the message.
@@ -281,7 +283,7 @@ func (p *Pool) Get(size int) *Frame {
 }
 
 func (p *Pool) put(f *Frame) {
-	f.Peer, f.Err, f.LastGen = "", nil, 0
+	f.Peer, f.Err, f.LastGen, f.via = "", nil, 0, nil
 	p.mu.Lock()
 	p.free = append(p.free, f)
 	p.mu.Unlock()

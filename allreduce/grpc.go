@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc/experimental"
 	"google.golang.org/grpc/mem"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
 )
 
 // gRPC wiring. There is no protobuf here: one client-streaming method whose
@@ -50,14 +51,24 @@ func (rawCodec) Marshal(v any) (mem.BufferSlice, error) {
 	if !ok {
 		return nil, fmt.Errorf("allreduce codec: cannot marshal %T", v)
 	}
+	via := f.via
+	f.via = nil
 	if len(f.parts) == 0 {
-		return mem.BufferSlice{mem.NewBuffer(&f.Buf, frameRel{f})}, nil
+		return mem.BufferSlice{mem.NewBuffer(&f.Buf, frameRel{f, via})}, nil
 	}
 	// A received message forwarded as it came: the header from Buf, the
-	// payload's buffers handed over to gRPC, which frees each once written.
+	// payload's buffers handed over to gRPC, which frees each once written
+	// (through the connection that holds their bytes, if it does).
 	out := make(mem.BufferSlice, 0, 1+len(f.parts))
-	out = append(out, mem.NewBuffer(&f.Buf, frameRel{f}))
-	out = append(out, f.parts...)
+	out = append(out, mem.NewBuffer(&f.Buf, frameRel{f, via}))
+	if via == nil {
+		out = append(out, f.parts...)
+	} else {
+		for _, b := range f.parts {
+			d := b.ReadOnlyData()
+			out = append(out, mem.NewBuffer(&d, partRel{b, via}))
+		}
+	}
 	clear(f.parts)
 	f.parts = f.parts[:0]
 	return out, nil
@@ -75,6 +86,7 @@ func (rawCodec) Unmarshal(data mem.BufferSlice, v any) error {
 	if !ok {
 		return fmt.Errorf("allreduce codec: cannot unmarshal into %T", v)
 	}
+	wireRead()
 	n := data.Len()
 	if n > MaxMessage {
 		return fmt.Errorf("allreduce codec: message of %d bytes exceeds %d", n, MaxMessage)
@@ -110,14 +122,32 @@ func (rawCodec) Unmarshal(data mem.BufferSlice, v any) error {
 	return nil
 }
 
-// frameRel is the mem.BufferPool through which gRPC returns a sent frame.
-type frameRel struct{ f *Frame }
+// frameRel is the mem.BufferPool through which gRPC returns a sent frame:
+// to its pool, or to the connection that may still hold its bytes.
+type frameRel struct {
+	f *Frame
+	c *sendConn
+}
 
 func (frameRel) Get(n int) *[]byte { b := make([]byte, n); return &b }
 func (r frameRel) Put(b *[]byte) {
 	r.f.Buf = (*b)[:0]
+	if r.c != nil {
+		r.c.releaseFrame(r.f)
+		return
+	}
 	r.f.Release()
 }
+
+// partRel returns a forwarded receive buffer through the connection that
+// may still hold its bytes.
+type partRel struct {
+	b mem.Buffer
+	c *sendConn
+}
+
+func (partRel) Get(n int) *[]byte { b := make([]byte, n); return &b }
+func (r partRel) Put(*[]byte)     { r.c.releasePart(r.b) }
 
 var streamDesc = grpc.StreamDesc{StreamName: "Stream", ClientStreams: true}
 
@@ -202,6 +232,9 @@ type GRPCTransport struct {
 
 	mu    sync.Mutex
 	links map[string]*grpcLink
+	// secure is set once a connection turned out to carry transport
+	// security: links are then dialed with gRPC's write buffer.
+	secure atomic.Bool
 }
 
 // grpcInbox is the number of received messages buffered before the gRPC
@@ -336,26 +369,89 @@ func (t *GRPCTransport) Dial(ctx context.Context, addr string) (Link, error) {
 		l.close()
 		delete(t.links, addr)
 	}
-	conn, err := grpc.NewClient(addr, t.dialOpts...)
+	l, err := t.open(ctx, addr, !t.secure.Load())
+	if err != nil && errors.Is(err, errNotPlain) {
+		// Transport security sits between gRPC and the connection: dial
+		// again with gRPC's own write buffer (see sendConn).
+		l, err = t.open(ctx, addr, false)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("dial %s: %w", addr, err)
+	}
+	t.links[addr] = l
+	return l, nil
+}
+
+// errNotPlain is what a sendConn answers when what gRPC writes to it is not
+// HTTP/2 in the clear.
+var errNotPlain = errors.New("connection carries transport security")
+
+// open dials addr and opens the ring's stream on the new connection; with
+// gather, under a sendConn instead of gRPC's write buffer.
+func (t *GRPCTransport) open(ctx context.Context, addr string, gather bool) (*grpcLink, error) {
+	opts := t.dialOpts
+	var mu sync.Mutex
+	var conns []*sendConn
+	if gather {
+		opts = append(slices.Clip(opts), grpc.WithWriteBufferSize(0),
+			grpc.WithContextDialer(func(ctx context.Context, a string) (net.Conn, error) {
+				var d net.Dialer
+				c, err := d.DialContext(ctx, "tcp", a)
+				if err != nil {
+					return nil, err
+				}
+				tc, ok := c.(*net.TCPConn)
+				if !ok {
+					c.Close()
+					return nil, fmt.Errorf("dial %s: not a TCP connection", a)
+				}
+				sc := newSendConn(tc, func() { t.secure.Store(true) })
+				mu.Lock()
+				conns = append(conns, sc)
+				mu.Unlock()
+				return sc, nil
+			}))
+	}
+	conn, err := grpc.NewClient(addr, opts...)
+	if err != nil {
+		return nil, err
 	}
 	sctx, cancel := context.WithCancel(metadata.AppendToOutgoingContext(context.Background(), fromKey, t.addr))
 	// Open the stream under ctx's deadline without tying the stream to ctx.
 	stop := context.AfterFunc(ctx, cancel)
 	st, err := conn.NewStream(sctx, &streamDesc, "/"+t.service+"/Stream", grpc.ForceCodecV2(rawCodec{}))
 	interrupted := !stop()
+	if err == nil && !interrupted && gather && t.secure.Load() {
+		err = errNotPlain
+	}
+	var via *sendConn
+	if err == nil && !interrupted && gather {
+		// The stream runs on the connection with its local address.
+		if p, ok := peer.FromContext(st.Context()); ok && p.LocalAddr != nil {
+			mu.Lock()
+			for _, c := range conns {
+				if c.LocalAddr().String() == p.LocalAddr.String() {
+					via = c
+				}
+			}
+			mu.Unlock()
+		}
+		if via == nil {
+			err = errors.New("cannot tell which connection the stream runs on")
+		}
+	}
 	if err != nil || interrupted {
 		cancel()
 		conn.Close()
 		if err == nil {
 			err = ctx.Err()
 		}
-		return nil, fmt.Errorf("dial %s: %w", addr, err)
+		if t.secure.Load() && gather {
+			err = fmt.Errorf("%w: %w", errNotPlain, err)
+		}
+		return nil, err
 	}
-	l := &grpcLink{addr: addr, conn: conn, stream: st, cancel: cancel}
-	t.links[addr] = l
-	return l, nil
+	return &grpcLink{addr: addr, conn: conn, stream: st, cancel: cancel, via: via}, nil
 }
 
 // Retain closes the links to every address not in addrs: members that left
@@ -406,6 +502,7 @@ func (t *GRPCTransport) Close() error {
 
 type grpcLink struct {
 	addr   string
+	via    *sendConn // the connection under the stream, if gathered
 	conn   *grpc.ClientConn
 	stream grpc.ClientStream
 	cancel context.CancelFunc
@@ -442,6 +539,7 @@ func (l *grpcLink) Send(ctx context.Context, f *Frame) error {
 		return fmt.Errorf("send to %s: link broken", l.addr)
 	}
 	stop := context.AfterFunc(ctx, func() { l.broken.Store(true); l.cancel() })
+	f.via = l.via
 	err := l.stream.SendMsg(f)
 	if !stop() || err != nil {
 		l.broken.Store(true)

@@ -1,12 +1,26 @@
 package allreduce
 
 import (
+	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"errors"
 	"fmt"
+	"io"
 	"math"
+	"math/big"
+	"net"
 	"sync"
 	"testing"
 	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 )
 
 // TestGRPCSums runs the ring over real gRPC streams on 127.0.0.1, every
@@ -168,4 +182,182 @@ func hasLink(t *GRPCTransport, addr string) bool {
 	defer t.mu.Unlock()
 	l := t.links[addr]
 	return l != nil && !l.broken.Load()
+}
+
+// tcpPair returns the two ends of a loopback TCP connection.
+func tcpPair(t *testing.T) (*net.TCPConn, *net.TCPConn) {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lis.Close()
+	c, err := net.Dial("tcp", lis.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := lis.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close(); s.Close() })
+	return c.(*net.TCPConn), s.(*net.TCPConn)
+}
+
+// h2Frame returns an HTTP/2 frame header.
+func h2Frame(length int, typ, flags byte, stream uint32) []byte {
+	return []byte{byte(length >> 16), byte(length >> 8), byte(length), typ, flags,
+		byte(stream >> 24), byte(stream >> 16), byte(stream >> 8), byte(stream)}
+}
+
+// TestSendConnGathers writes to a sendConn what gRPC writes (the preface, a
+// settings frame, a gRPC message cut into DATA frames, its header split
+// across writes) and checks when it goes out: control frames at once, a
+// message when it ends, nothing held once a message or frame is complete;
+// that the peer receives the bytes unchanged; and that frames released while
+// their bytes are pending go back to their pool only once written.
+func TestSendConnGathers(t *testing.T) {
+	cli, srv := tcpPair(t)
+	c := newSendConn(cli, func() { t.Error("plain HTTP/2 taken for transport security") })
+	var sent []byte
+	write := func(b []byte) {
+		t.Helper()
+		if n, err := c.Write(b); err != nil || n != len(b) {
+			t.Fatalf("write %d bytes: %d, %v", len(b), n, err)
+		}
+		sent = append(sent, b...)
+	}
+	held := func() int { c.mu.Lock(); defer c.mu.Unlock(); return c.pending }
+
+	write([]byte(h2Preface[:10]))
+	write([]byte(h2Preface[10:]))
+	write(append(h2Frame(6, 4, 0, 0), 0, 3, 0, 0, 0, 100)) // SETTINGS
+	if h := held(); h != 0 {
+		t.Fatalf("%d bytes held after a settings frame", h)
+	}
+	// One gRPC message of 40,000 bytes on stream 1: DATA frames of 16384,
+	// 16384 and 7237 payload bytes (the 5-byte prefix in the first).
+	msg := make([]byte, 5+40_000)
+	msg[1], msg[2], msg[3], msg[4] = 0, 0, 0x9c, 0x40
+	for i := 5; i < len(msg); i++ {
+		msg[i] = byte(i * 7)
+	}
+	var pool Pool
+	f := pool.Get(64)
+	for k, at := 0, 0; at < len(msg); k++ {
+		n := min(16384, len(msg)-at)
+		hdr := h2Frame(n, frameData, 0, 1)
+		write(hdr[:4]) // a header split across writes
+		write(hdr[4:])
+		write(msg[at : at+5])
+		write(msg[at+5 : at+n])
+		at += n
+		if at < len(msg) {
+			if held() == 0 {
+				t.Fatalf("DATA frame %d, in the middle of a message, was written at once", k)
+			}
+			if k == 0 {
+				c.releaseFrame(f)
+				if len(pool.free) != 0 {
+					t.Fatal("a frame went back to its pool while bytes were pending")
+				}
+			}
+		}
+	}
+	if h := held(); h != 0 {
+		t.Fatalf("%d bytes held after the message ended", h)
+	}
+	if len(pool.free) != 1 {
+		t.Fatalf("%d frames back in the pool after the write, want 1", len(pool.free))
+	}
+	c.releaseFrame(pool.Get(64)) // nothing pending: at once
+	if len(pool.free) != 1 {
+		t.Fatal("a frame released with nothing pending did not go back at once")
+	}
+	// A padded DATA frame: the message framing is lost for the stream, and
+	// every frame goes out as it ends.
+	write(append(h2Frame(5, frameData, flagPadded, 3), 2, 'a', 'b', 0, 0))
+	if h := held(); h != 0 {
+		t.Fatalf("%d bytes held after a padded frame", h)
+	}
+	got := make([]byte, len(sent))
+	if _, err := io.ReadFull(srv, got); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, sent) {
+		t.Fatal("the peer received other bytes than were written")
+	}
+}
+
+// TestSendConnRefusesTLS: a sendConn under transport security fails its first
+// write and says so, so that the link is dialed again with a write buffer.
+func TestSendConnRefusesTLS(t *testing.T) {
+	cli, _ := tcpPair(t)
+	told := false
+	c := newSendConn(cli, func() { told = true })
+	if _, err := c.Write([]byte{0x16, 3, 1, 0, 0x2f}); !errors.Is(err, errNotPlain) || !told {
+		t.Fatalf("write of a TLS record: %v (told %v)", err, told)
+	}
+}
+
+// TestGRPCOverTLS runs the ring over gRPC with transport security: the
+// first link finds that its connection is not HTTP/2 in the clear and the
+// transport dials it, and every later link, with gRPC's write buffer.
+func TestGRPCOverTLS(t *testing.T) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "ring"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, KeyUsage: x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AddCert(cert)
+	srvCreds := credentials.NewTLS(&tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}})
+	cliCreds := credentials.NewTLS(&tls.Config{RootCAs: roots})
+	const n, length = 3, 200_003
+	var ts []Transport
+	for range n {
+		lis, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		tr := NewGRPC(lis.Addr().String(), grpc.WithTransportCredentials(cliCreds))
+		s := grpc.NewServer(append(ServerOptions(), grpc.Creds(srvCreds))...)
+		tr.Register(s)
+		go s.Serve(lis)
+		t.Cleanup(func() { tr.Close(); s.Stop() })
+		ts = append(ts, tr)
+	}
+	c := newCluster(t, ts, length, Config{ChunkBytes: 64 << 10})
+	for step := range uint64(2) {
+		xs := inputs(n, length, step)
+		want := ringSum(xs, c.rs[0].Buckets())
+		for i, err := range c.allreduce(1, step, xs) {
+			if err != nil {
+				t.Fatalf("step %d member %d: %v", step, i, err)
+			}
+		}
+		for r := range xs {
+			for i := range want {
+				if math.Float32bits(xs[r][i]) != math.Float32bits(want[i]) {
+					t.Fatalf("step %d member %d element %d: got %v want %v", step, r, i, xs[r][i], want[i])
+				}
+			}
+		}
+	}
+	for i, tr := range ts {
+		if !tr.(*GRPCTransport).secure.Load() {
+			t.Errorf("member %d never found its connection secured", i)
+		}
+	}
 }
