@@ -41,6 +41,7 @@ type Cluster struct {
 	seen      uint64     // highest proposal number heard of (coordinator)
 	boundary  uint64     // the node's step boundary
 	running   bool       // the node runs step `boundary`
+	stepAt    time.Time  // when it started running it
 	interrupt chan struct{}
 	changed   chan struct{} // closed and replaced on every change
 	info      StatusInfo
@@ -109,7 +110,8 @@ func New(cfg Config) (*Cluster, error) {
 		return nil, err
 	}
 	c.gossip = c.ml.LocalNode().Address() // before anything can update it
-	c.wg.Add(3)
+	c.wg.Add(4)
+	go c.watchStall()
 	go c.coordinate()
 	go c.gossipMeta()
 	go c.reconnect()
@@ -232,7 +234,7 @@ func (c *Cluster) AtStep(ctx context.Context, step uint64) (Generation, error) {
 			return Generation{}, ErrRunDone
 		}
 		if c.mine != 0 && c.mine == c.cur.ID && c.pending == nil && c.cur.Has(c.name) && c.failed != c.cur.ID {
-			c.running = true
+			c.running, c.stepAt = true, time.Now()
 			c.interrupt = make(chan struct{})
 			return c.cur.clone(), nil
 		}

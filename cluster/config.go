@@ -86,11 +86,15 @@ type Timing struct {
 	SuspicionMult    int
 	DeadGossip       time.Duration // memberlist GossipToTheDeadTime
 
-	Reconcile   time.Duration // how often the coordinator checks the ring
-	RPCTimeout  time.Duration // one Propose, Commit or Report call
-	Pending     time.Duration // how long an acknowledged proposal waits for its commit
-	Penalty     time.Duration // how long a failed member is kept out of new rings
-	Reconnect   time.Duration // how often to try peers seen dead, to heal partitions
+	Reconcile  time.Duration // how often the coordinator checks the ring
+	RPCTimeout time.Duration // one Propose, Commit or Report call
+	Pending    time.Duration // how long an acknowledged proposal waits for its commit
+	Penalty    time.Duration // how long a failed member is kept out of new rings
+	Reconnect  time.Duration // how often to try peers seen dead, to heal partitions
+	// StallProbe: while a step runs longer than this, the member asks its
+	// ring-mates for their status this often; one that does not answer is
+	// reported failed (see Cluster.watchStall).
+	StallProbe  time.Duration
 	LeaveWait   time.Duration // how long Close waits for a ring without this member
 	JoinBackoff time.Duration // first retry delay of Join (doubles up to 5 s)
 }
@@ -120,6 +124,7 @@ func DefaultTiming() Timing {
 		Pending:     10 * time.Second,
 		Penalty:     30 * time.Second,
 		Reconnect:   5 * time.Second,
+		StallProbe:  time.Second,
 		LeaveWait:   15 * time.Second,
 		JoinBackoff: 250 * time.Millisecond,
 	}
@@ -141,6 +146,7 @@ func FastTiming() Timing {
 		Pending:          5 * time.Second,
 		Penalty:          2 * time.Second,
 		Reconnect:        300 * time.Millisecond,
+		StallProbe:       500 * time.Millisecond,
 		LeaveWait:        5 * time.Second,
 		JoinBackoff:      50 * time.Millisecond,
 	}
@@ -189,7 +195,7 @@ func (c Config) withDefaults() (Config, error) {
 		{&t.ProbeInterval, d.ProbeInterval}, {&t.ProbeTimeout, d.ProbeTimeout},
 		{&t.GossipInterval, d.GossipInterval}, {&t.PushPullInterval, d.PushPullInterval},
 		{&t.DeadGossip, d.DeadGossip}, {&t.Reconcile, d.Reconcile}, {&t.RPCTimeout, d.RPCTimeout},
-		{&t.Pending, d.Pending}, {&t.Penalty, d.Penalty}, {&t.Reconnect, d.Reconnect},
+		{&t.Pending, d.Pending}, {&t.Penalty, d.Penalty}, {&t.Reconnect, d.Reconnect}, {&t.StallProbe, d.StallProbe},
 		{&t.LeaveWait, d.LeaveWait}, {&t.JoinBackoff, d.JoinBackoff},
 	} {
 		if *f.v <= 0 {

@@ -1,8 +1,12 @@
 package cluster
 
 import (
+	"context"
 	"errors"
+	"fmt"
 	"math/rand/v2"
+	"slices"
+	"sync"
 	"time"
 )
 
@@ -187,4 +191,83 @@ func (c *Cluster) SetData(data string) {
 	c.cfg.Data = data
 	c.mu.Unlock()
 	c.regossip()
+}
+
+// watchStall finds ring-mates that vanished without closing their
+// connections (a partition, a frozen or powered-off host): the step then
+// just stalls, and gossip takes 2-12 s to declare them dead. While this
+// member's step runs longer than Timing.StallProbe, it asks every ring-mate
+// for its status once per StallProbe; one that does not answer within the
+// probe period is reported failed to the coordinator, as a failed
+// allreduce would be, and an unreachable coordinator is suspected (see
+// report). The cost is one small RPC per ring-mate per StallProbe, during
+// long steps only.
+func (c *Cluster) watchStall() {
+	defer c.wg.Done()
+	period := c.cfg.Timing.StallProbe
+	t := time.NewTicker(period / 4)
+	defer t.Stop()
+	var last time.Time
+	for {
+		select {
+		case <-c.stop:
+			return
+		case <-t.C:
+		}
+		c.mu.Lock()
+		now := time.Now()
+		stalled := c.running && !c.applying && c.mine == c.cur.ID && c.cur.Has(c.name) &&
+			now.Sub(c.stepAt) > period && now.Sub(last) >= period
+		cur := c.cur.clone()
+		c.mu.Unlock()
+		if !stalled {
+			continue
+		}
+		last = now
+		for _, name := range c.silent(cur, period) {
+			c.mu.Lock()
+			still := c.running && c.cur.ID == cur.ID
+			c.mu.Unlock()
+			if !still {
+				break // the step ended or a new ring formed meanwhile
+			}
+			c.log.Warn("ring member does not answer while the step stalls", "gen", cur.ID, "member", name)
+			r := &report{Gen: cur.ID, Reporter: c.name, Peer: name, Err: "no answer to a status probe while the step stalled"}
+			c.wg.Add(1)
+			go func() {
+				defer c.wg.Done()
+				c.report(r)
+			}()
+		}
+	}
+}
+
+// silent asks gen's other members for their status and returns those that
+// did not answer within timeout.
+func (c *Cluster) silent(gen Generation, timeout time.Duration) []string {
+	var mu sync.Mutex
+	var out []string
+	var wg sync.WaitGroup
+	for _, m := range gen.Ring {
+		if m.Name == c.name {
+			continue
+		}
+		wg.Go(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), timeout)
+			defer cancel()
+			var st Status
+			err := c.call(ctx, m.Addr, methodStatus, &statusRequest{}, &st)
+			if err == nil && st.Self != m.Name {
+				err = fmt.Errorf("answered by %q", st.Self)
+			}
+			if err != nil {
+				mu.Lock()
+				out = append(out, m.Name)
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	slices.Sort(out)
+	return out
 }

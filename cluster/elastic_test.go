@@ -3,11 +3,13 @@ package cluster
 import (
 	"context"
 	"errors"
-	"github.com/hashicorp/memberlist"
+	"fmt"
 	"net"
 	"strconv"
 	"testing"
 	"time"
+
+	"github.com/hashicorp/memberlist"
 )
 
 // slowGossip makes memberlist's failure detector too slow to matter within
@@ -255,4 +257,41 @@ type udpLost struct{ memberlist.NodeAwareTransport }
 func (udpLost) WriteTo([]byte, string) (time.Time, error) { return time.Now(), nil }
 func (udpLost) WriteToAddress([]byte, memberlist.Address) (time.Time, error) {
 	return time.Now(), nil
+}
+
+// TestSilentMemberFoundWhileStepStalls: a ring-mate cut off by the network
+// (no connection is reset, and gossip here is too slow to notice) is found
+// by the status probes of the members whose step stalls, and the others
+// form a ring without it, whether it is the coordinator or not. Before
+// the probes, a partition cost the ring 2-12 s of gossip suspicion.
+func TestSilentMemberFoundWhileStepStalls(t *testing.T) {
+	for _, coord := range []bool{false, true} {
+		t.Run(fmt.Sprintf("coordinator=%v", coord), func(t *testing.T) {
+			h := newHarness(t, nil)
+			nodes := []*testNode{h.start("p", slowGossip), h.start("p", slowGossip), h.start("p", slowGossip)}
+			g1 := agree(t, settle, nodes...)
+			c := coordinatorOf(t, nodes...)
+			var cut *testNode
+			var rest []*testNode
+			for _, n := range nodes {
+				if cut == nil && (n == c) == coord {
+					cut = n
+				} else {
+					rest = append(rest, n)
+				}
+			}
+			for _, n := range nodes { // every node runs a step that cannot finish
+				if _, err := n.c.AtStep(context.Background(), g1.Start); err != nil {
+					t.Fatal(err)
+				}
+			}
+			h.net.partition(cut.c.Name())
+			start := time.Now()
+			g := agree(t, 5*time.Second, rest...)
+			t.Logf("generation %d without the cut-off member %v after the cut", g.ID, time.Since(start).Round(time.Millisecond))
+			if cur := cut.c.Current(); cur.ID != g1.ID {
+				t.Errorf("the cut-off member committed generation %d on its own", cur.ID)
+			}
+		})
+	}
 }
