@@ -2,6 +2,7 @@ package checkpoint
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -131,8 +132,9 @@ func exportTokenizer(st *State, fallback []byte) ([]namedFile, error) {
 		}
 	}
 	if len(file) == 0 {
-		if st.TokenizerSHA256 != "" {
-			return nil, fmt.Errorf("the checkpoint records tokenizer sha256 %s but carries no %s; give the dataset's copy (trainer export --tokenizer)", st.TokenizerSHA256, TokenizerFile)
+		if st.TokenizerSHA256 != "" || strings.HasPrefix(st.Tokenizer, tokenizer.NamePrefix) {
+			return nil, fmt.Errorf("the checkpoint was trained with tokenizer %s (sha256 %s) but carries no %s; give the dataset's copy (trainer export --tokenizer)",
+				st.Tokenizer, cmp.Or(st.TokenizerSHA256, "not recorded"), TokenizerFile)
 		}
 		return nil, nil // a built-in tokenizer: config.json names it
 	}

@@ -328,6 +328,9 @@ func TestExportTokenizerFallback(t *testing.T) {
 	st2 := tokState(t, 11, 13)
 	st2.TokenizerJSON, st2.TokenizerSHA256 = nil, ""
 	save(t, dir2, st2, Options{})
+	if _, err := ExportWith(stepPath(dir2, 13), t.TempDir(), ExportOptions{}); err == nil || !strings.Contains(err.Error(), "carries no tokenizer.json") {
+		t.Fatalf("export of an older checkpoint without its tokenizer: %v", err)
+	}
 	if _, err := ExportWith(stepPath(dir2, 13), t.TempDir(), ExportOptions{Tokenizer: other}); err == nil || !strings.Contains(err.Error(), "the checkpoint was trained with "+st2.Tokenizer) {
 		t.Fatalf("export of an older checkpoint with another tokenizer: %v", err)
 	}

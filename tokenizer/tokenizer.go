@@ -87,7 +87,10 @@ func (t *Tokenizer) finish() {
 
 // Name identifies the file: "hf-bpe:" and the first 16 hex digits of its
 // sha256.
-func (t *Tokenizer) Name() string { return "hf-bpe:" + t.sha[:16] }
+func (t *Tokenizer) Name() string { return NamePrefix + t.sha[:16] }
+
+// NamePrefix begins the Name of every tokenizer of this package.
+const NamePrefix = "hf-bpe:"
 
 // SHA256 returns the hex sha256 of the tokenizer file.
 func (t *Tokenizer) SHA256() string { return t.sha }
