@@ -4,8 +4,10 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
+	"sync"
 
 	"github.com/difftrain/difftrain/shard"
 	"github.com/difftrain/difftrain/tokenizer"
@@ -86,4 +88,80 @@ func ManifestTokenizer(dir string, m *shard.Manifest) (Tokenizer, error) {
 		return nil, fmt.Errorf("dataset tokenizer %s: %s with %d ids, the manifest records %s with %d", path, t.Name(), t.Vocab(), m.Tokenizer, m.Vocab)
 	}
 	return t, nil
+}
+
+// tokenizerCache holds what Loader.TokenizerJSON read, once.
+type tokenizerCache struct {
+	once sync.Once
+	data []byte
+}
+
+// Tokenizer returns the tokenizer of the loader's dataset (see
+// ManifestTokenizer): for a dataset with a tokenizer file, the copy in the
+// dataset (or cache) directory.
+func (l *Loader) Tokenizer() (Tokenizer, error) {
+	return ManifestTokenizer(l.dir, l.man)
+}
+
+// TokenizerJSON returns the dataset's tokenizer file, checked against the
+// manifest's sha256, for checkpoints to carry: nil for a built-in tokenizer,
+// and nil, with a warning once, when this node has no good copy (a dataset
+// copied from a peer or URL brings its manifest and shards, not the
+// tokenizer file). It reads the file once.
+func (l *Loader) TokenizerJSON() []byte {
+	l.tok.once.Do(func() {
+		if l.man.TokenizerFile == "" {
+			return
+		}
+		t, err := ManifestTokenizer(l.dir, l.man)
+		if err != nil {
+			slog.Warn("dataset: no usable copy of the tokenizer file; checkpoints record its sha256 only", "sha256", l.man.TokenizerSHA256, "err", err)
+			return
+		}
+		l.tok.data = t.(FileTokenizer).File()
+	})
+	return l.tok.data
+}
+
+// CheckpointTokenizer returns the tokenizer a checkpoint was trained with:
+// the file it carries (file, with its recorded sha256), else the tokenizer
+// of dataset dir (empty: none) checked against the recorded sha256 or, for
+// checkpoints older than carried tokenizers, the recorded name; else the
+// built-in tokenizer of that name.
+func CheckpointTokenizer(name string, file []byte, sum, dir string) (Tokenizer, error) {
+	if len(file) > 0 {
+		t, err := tokenizer.Parse(file)
+		if err != nil {
+			return nil, fmt.Errorf("the checkpoint's tokenizer.json: %w", err)
+		}
+		if t.SHA256() != sum || t.Name() != name {
+			return nil, fmt.Errorf("the checkpoint's tokenizer.json is %s (sha256 %s), the checkpoint records %s (sha256 %s)", t.Name(), t.SHA256(), name, sum)
+		}
+		return t, nil
+	}
+	if t, err := TokenizerByName(name); err == nil {
+		return t, nil
+	}
+	if dir == "" {
+		return nil, fmt.Errorf("the checkpoint carries no tokenizer file and its tokenizer %s is not built in: pass the dataset it was trained on (--data)", name)
+	}
+	m, err := shard.ReadManifest(dir)
+	if err != nil {
+		return nil, err
+	}
+	t, err := ManifestTokenizer(dir, m)
+	if err != nil {
+		return nil, err
+	}
+	if sum != "" && m.TokenizerSHA256 != sum || t.Name() != name {
+		return nil, fmt.Errorf("dataset %s has tokenizer %s (sha256 %s), the checkpoint was trained with %s (sha256 %s)", dir, t.Name(), m.TokenizerSHA256, name, orNone(sum))
+	}
+	return t, nil
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "not recorded"
+	}
+	return s
 }

@@ -80,6 +80,8 @@ type Loader struct {
 	wg     sync.WaitGroup
 
 	hits, misses, stalls, fetched, remote atomic.Int64
+
+	tok tokenizerCache // the dataset's tokenizer file (hftokenizer.go)
 }
 
 // slot is one shard's state: ready when r is set, failed when err is.
@@ -165,7 +167,7 @@ func open(ctx context.Context, o Options, f shard.Fetcher) (*Loader, error) {
 			return nil, fmt.Errorf("dataset: cache: %w", err)
 		}
 	}
-	if _, err := TokenizerByName(l.man.Tokenizer); err != nil {
+	if _, err := TokenizerByName(l.man.Tokenizer); err != nil && l.man.TokenizerFile == "" {
 		slog.Warn("dataset: manifest names a tokenizer this build lacks; token ids are still usable", "tokenizer", l.man.Tokenizer)
 	}
 	l.infos = l.man.Split(o.Split)

@@ -71,3 +71,35 @@ func TokenizerByName(name string) (Tokenizer, error) {
 	}
 	return nil, fmt.Errorf("unknown tokenizer %q (known: bytes)", name)
 }
+
+// builtinSpecial names the special ids of tokenizers that have no strings
+// for them (Bytes), as DecodeShowingSpecial writes them.
+var builtinSpecial = [...]string{BOS: "<|bos|>", EOS: "<|eos|>", PAD: "<|pad|>", MASK: "<|mask|>"}
+
+// DecodeShowingSpecial is t.Decode that writes special tokens as their
+// strings instead of skipping them (Hugging Face's decode with
+// skip_special_tokens=False): a Hugging Face tokenizer's own strings (its
+// special added tokens), <|bos|>, <|eos|>, <|pad|> and <|mask|> for
+// ids 0-3 of a built-in one.
+func DecodeShowingSpecial(t Tokenizer, dst []byte, ids []int32) []byte {
+	named, hasNames := t.(interface {
+		Special(id int32) bool
+		Token(id int32) string
+	})
+	from := 0
+	for i, id := range ids {
+		name := ""
+		switch {
+		case hasNames && named.Special(id):
+			name = named.Token(id)
+		case !hasNames && id >= 0 && int(id) < len(builtinSpecial):
+			name = builtinSpecial[id]
+		}
+		if name != "" {
+			dst = t.Decode(dst, ids[from:i])
+			dst = append(dst, name...)
+			from = i + 1
+		}
+	}
+	return t.Decode(dst, ids[from:])
+}

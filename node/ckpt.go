@@ -26,7 +26,7 @@ func (n *Node) current() checkpoint.Current {
 	mc, _ := json.Marshal(n.cfg.Model)
 	return checkpoint.Current{
 		ModelConfig: mc, ModelHash: n.cfg.Model.Hash(), Config: n.configJSON(),
-		Tokenizer: n.src.Manifest().Tokenizer, DatasetID: n.datasetID(),
+		Tokenizer: n.src.Manifest().Tokenizer, TokenizerSHA256: n.src.Manifest().TokenizerSHA256, DatasetID: n.datasetID(),
 	}
 }
 
@@ -280,6 +280,7 @@ func (n *Node) fillState(st *checkpoint.State) error {
 	st.Schedule = checkpoint.Schedule{Step: n.step, LR: n.cfg.LR * scheduleAt(n.cfg, n.step)}
 	st.ModelConfig, st.ModelHash, st.Config = cur.ModelConfig, cur.ModelHash, cur.Config
 	st.Tokenizer, st.DatasetID, st.Version = cur.Tokenizer, cur.DatasetID, Version
+	st.TokenizerSHA256, st.TokenizerJSON = cur.TokenizerSHA256, n.src.TokenizerJSON()
 	return nil
 }
 
