@@ -8,6 +8,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/difftrain/difftrain/checkpoint"
 	"github.com/difftrain/difftrain/compute/device"
 	"github.com/difftrain/difftrain/dataset"
 	"github.com/difftrain/difftrain/diffusion"
@@ -30,7 +31,12 @@ func init() {
   - the likelihood bound of gidd-spec §7.6: a deterministic quadrature over --steps
     log-SNR points with the effective SNR, on --likelihood-samples sequences, each
     split into a first-half prompt and a second-half completion.
-Perplexity is exp(nats per token).`,
+Perplexity is exp(nats per token). Each estimate is also given in bits per byte of the
+evaluated text, so that runs with different tokenizers compare: total nats / total bytes
+/ ln 2, the bytes being the UTF-8 text the tokens decode to with the dataset's tokenizer
+(special tokens count no bytes). For the training ELBO, whose noise sample covers the
+noised tokens only, the total is nats/token times the tokens of the sequences evaluated.
+The dataset must have the checkpoint's tokenizer.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			st, err := loadCheckpoint(ckpt)
@@ -47,6 +53,10 @@ Perplexity is exp(nats per token).`,
 				return err
 			}
 			defer src.Close()
+			tok, err := evalTokenizer(st, src)
+			if err != nil {
+				return err
+			}
 			var cfg train.Config
 			if err := json.Unmarshal(st.Config, &cfg); err != nil {
 				return fmt.Errorf("checkpoint %s: config: %w", st.Dir, err)
@@ -71,9 +81,15 @@ Perplexity is exp(nats per token).`,
 				return err
 			}
 			s := mt.Summary(1)
-			fmt.Printf("checkpoint   %s (step %d)\n", st.Dir, st.Step)
-			fmt.Printf("data         %s split %s: %d sequences of %d tokens\n", data, split, src.Len(), src.SeqLen())
-			fmt.Printf("train ELBO   %.4f nats/token  perplexity %.2f  (%d sequences, %.0f noised tokens)\n", s.Elbo, s.PPL, n, s.Tokens)
+			seqTokens, seqBytes, err := textBytes(src, tok, 0, n, 0)
+			if err != nil {
+				return err
+			}
+			out := cmd.OutOrStdout()
+			fmt.Fprintf(out, "checkpoint   %s (step %d)\n", st.Dir, st.Step)
+			fmt.Fprintf(out, "data         %s split %s: %d sequences of %d tokens, tokenizer %s\n", data, split, src.Len(), src.SeqLen(), src.Manifest().Tokenizer)
+			fmt.Fprintf(out, "train ELBO   %.4f nats/token  perplexity %.2f  %.4f bits/byte  (%d sequences, %.0f noised tokens; %d tokens, %d bytes of text, %.3f bytes/token)\n",
+				s.Elbo, s.PPL, bitsPerByte(s.Elbo*float64(seqTokens), seqBytes), n, s.Tokens, seqTokens, seqBytes, float64(seqBytes)/float64(max(seqTokens, 1)))
 
 			dc, err := cfg.Diffusion()
 			if err != nil {
@@ -86,7 +102,12 @@ Perplexity is exp(nats per token).`,
 			seq := make([]int32, N)
 			var nll float64
 			var tokens int
-			for i := 0; i < lsamples && int64(i) < src.Len(); i++ {
+			ln := min(int64(lsamples), src.Len())
+			_, compBytes, err := textBytes(src, tok, 0, ln, N/2)
+			if err != nil {
+				return err
+			}
+			for i := 0; int64(i) < ln; i++ {
 				if err := src.Sample(int64(i), seq); err != nil {
 					return err
 				}
@@ -99,7 +120,8 @@ Perplexity is exp(nats per token).`,
 			}
 			if tokens > 0 {
 				avg := nll / float64(tokens)
-				fmt.Printf("likelihood   %.4f nats/token  perplexity %.2f  (§7.6, %d steps, %d sequences)\n", avg, math.Exp(avg), steps, lsamples)
+				fmt.Fprintf(out, "likelihood   %.4f nats/token  perplexity %.2f  %.4f bits/byte  (§7.6, %d steps, %d sequences; %d tokens, %d bytes of text)\n",
+					avg, math.Exp(avg), bitsPerByte(nll, compBytes), steps, ln, tokens, compBytes)
 			}
 			return nil
 		},
@@ -115,6 +137,52 @@ Perplexity is exp(nats per token).`,
 	fs.StringVar(&dev, "device", "auto", "compute device: "+device.Kinds)
 	fs.IntVar(&threads, "threads", 0, "CPU threads (0: all cores)")
 	root.AddCommand(cmd)
+}
+
+// evalTokenizer returns the tokenizer of the dataset src, which must be the
+// one the checkpoint st was trained with.
+func evalTokenizer(st *checkpoint.State, src *dataset.Loader) (dataset.Tokenizer, error) {
+	m := src.Manifest()
+	if m.Tokenizer != st.Tokenizer || st.TokenizerSHA256 != "" && m.TokenizerSHA256 != st.TokenizerSHA256 {
+		return nil, fmt.Errorf("eval: the dataset has tokenizer %s (sha256 %s), checkpoint %s was trained with %s (sha256 %s): its token ids mean other text",
+			m.Tokenizer, orNone(m.TokenizerSHA256), st.Dir, st.Tokenizer, orNone(st.TokenizerSHA256))
+	}
+	tok, err := src.Tokenizer()
+	if err != nil {
+		return nil, fmt.Errorf("eval: %w", err)
+	}
+	return tok, nil
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "none"
+	}
+	return s
+}
+
+// textBytes returns the tokens and the bytes of the text that positions
+// [from, SeqLen) of sequences [lo, hi) of src decode to with tok.
+func textBytes(src dataset.Source, tok dataset.Tokenizer, lo, hi int64, from int) (tokens, nbytes int64, err error) {
+	seq := make([]int32, src.SeqLen())
+	var buf []byte
+	for k := lo; k < hi; k++ {
+		if err := src.Sample(k, seq); err != nil {
+			return 0, 0, err
+		}
+		buf = tok.Decode(buf[:0], seq[from:])
+		tokens += int64(len(seq) - from)
+		nbytes += int64(len(buf))
+	}
+	return tokens, nbytes, nil
+}
+
+// bitsPerByte is nats/bytes/ln 2 (NaN without bytes).
+func bitsPerByte(nats float64, nbytes int64) float64 {
+	if nbytes == 0 {
+		return math.NaN()
+	}
+	return nats / float64(nbytes) / math.Ln2
 }
 
 // offsetSource maps positions [off, off+n) onto [0, n) of a source.

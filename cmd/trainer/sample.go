@@ -2,7 +2,8 @@ package main
 
 import (
 	"fmt"
-	"os"
+	"log/slog"
+	"slices"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -15,10 +16,11 @@ import (
 
 func init() {
 	var (
-		ckpt, prompt, sampler, grid, prior, dev string
-		steps, completion, topK, n, threads     int
-		temp                                    float64
-		seed                                    uint64
+		ckpt, prompt, sampler, grid, prior, dev, data string
+		steps, completion, topK, n, threads           int
+		temp                                          float64
+		seed                                          uint64
+		showSpecial                                   bool
 	)
 	cmd := &cobra.Command{
 		Use:   "sample --checkpoint PATH",
@@ -26,7 +28,15 @@ func init() {
 		Long: `sample loads a checkpoint (a step-NNNNNNNN directory, or a checkpoint directory whose
 newest valid checkpoint is used), writes the prompt at the start of the model's window,
 fills the next --completion positions from the noise prior and denoises them in --steps
-steps (gidd-spec §7), then prints each completion, cut at the first end-of-text token.`,
+steps (gidd-spec §7), then prints each sample: the prompt as the model saw it (its
+tokens decoded) and the completion, cut at the first end-of-text token.
+
+The prompt is encoded and the output decoded with the checkpoint's tokenizer: the
+tokenizer.json a checkpoint of a run on a Hugging Face tokenizer carries, or, for a
+checkpoint without one, the tokenizer of the dataset --data (checked against the
+checkpoint's record of it). Special tokens (BOS, EOS, PAD, MASK: a position the sampler
+left masked) are skipped, as Hugging Face's decode(skip_special_tokens=True) does;
+--special writes them as their strings instead and does not cut at end-of-text.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			st, err := loadCheckpoint(ckpt)
@@ -43,7 +53,7 @@ steps (gidd-spec §7), then prints each completion, cut at the first end-of-text
 				return err
 			}
 			defer m.Close()
-			tok, err := dataset.TokenizerByName(st.Tokenizer)
+			tok, err := dataset.CheckpointTokenizer(st.Tokenizer, st.TokenizerJSON, st.TokenizerSHA256, data)
 			if err != nil {
 				return fmt.Errorf("checkpoint %s: %w", st.Dir, err)
 			}
@@ -64,6 +74,12 @@ steps (gidd-spec §7), then prints each completion, cut at the first end-of-text
 				return err
 			}
 			p := tok.Encode(nil, []byte(prompt))
+			// Generate keeps the prompt's last SeqLen-Completion tokens.
+			p = p[max(0, len(p)-(cfg.Model.SeqLen-g.Completion)):]
+			seen := tok.Decode(nil, p)
+			if string(seen) != prompt {
+				slog.Info("sample: the model sees the prompt as decoded here (cut to the window, or normalized by the tokenizer)", "prompt_tokens", len(p))
+			}
 			prompts := make([][]int32, n)
 			for i := range prompts {
 				prompts[i] = p
@@ -74,14 +90,19 @@ steps (gidd-spec §7), then prints each completion, cut at the first end-of-text
 				return err
 			}
 			for i, ids := range out {
-				if end := indexOf(ids, dataset.EOS); end >= 0 {
-					ids = ids[:end]
+				var text []byte
+				if showSpecial {
+					text = dataset.DecodeShowingSpecial(tok, text, append(slices.Clone(p), ids...))
+				} else {
+					if end := indexOf(ids, dataset.EOS); end >= 0 {
+						ids = ids[:end]
+					}
+					text = tok.Decode(append([]byte(nil), seen...), ids)
 				}
-				text := tok.Decode(nil, ids)
 				if n > 1 {
-					fmt.Printf("--- sample %d ---\n", i+1)
+					fmt.Fprintf(cmd.OutOrStdout(), "--- sample %d ---\n", i+1)
 				}
-				fmt.Fprintf(os.Stdout, "%s%s\n", prompt, strings.ToValidUTF8(string(text), "�"))
+				fmt.Fprintf(cmd.OutOrStdout(), "%s\n", strings.ToValidUTF8(string(text), "�"))
 			}
 			return nil
 		},
@@ -98,6 +119,8 @@ steps (gidd-spec §7), then prints each completion, cut at the first end-of-text
 	fs.StringVar(&prior, "prior", "hybrid", "noise prior: hybrid, mask or uniform")
 	fs.IntVar(&n, "n", 1, "number of samples")
 	fs.Uint64Var(&seed, "seed", 1, "sampling seed")
+	fs.StringVar(&data, "data", "", "dataset whose tokenizer to use if the checkpoint carries none (checked against the checkpoint's)")
+	fs.BoolVar(&showSpecial, "special", false, "write special tokens (BOS, EOS, PAD, MASK) as their strings instead of skipping them, and do not cut at end-of-text")
 	fs.StringVar(&dev, "device", "auto", "compute device: "+device.Kinds)
 	fs.IntVar(&threads, "threads", 0, "CPU threads (0: all cores)")
 	root.AddCommand(cmd)
