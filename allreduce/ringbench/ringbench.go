@@ -16,6 +16,7 @@ import (
 	"io"
 	"math"
 	"net"
+	"syscall"
 	"time"
 
 	"github.com/difftrain/difftrain/allreduce"
@@ -58,6 +59,7 @@ type Result struct {
 	MiB   int
 	Codec string
 	Times []float64 // seconds per timed call
+	CPU   []float64 // this process's CPU seconds (user and system) per timed call
 	Wire  uint64    // message bytes this member sent per call
 	OK    bool      // sampled elements match the exact sum within the codec's bound
 	Hash  uint64    // FNV-1a of the result: every member must hold the same
@@ -142,12 +144,14 @@ func Worker(listen string, in io.Reader, out io.Writer) error {
 				}
 				step++
 				s0 := r.Stats().SentBytes
+				c0 := CPUTime()
 				t0 := time.Now()
 				if err = r.Allreduce(ctx, gen, step, grad); err != nil {
 					break
 				}
 				if w >= 2 {
 					res.Times = append(res.Times, time.Since(t0).Seconds())
+					res.CPU = append(res.CPU, (CPUTime() - c0).Seconds())
 					res.Wire = r.Stats().SentBytes - s0
 				}
 			}
@@ -167,6 +171,17 @@ func Worker(listen string, in io.Reader, out io.Writer) error {
 	}
 	// Leave together: no member exits while another still reads from it.
 	return barrierSync(ctx)
+}
+
+// CPUTime returns the user and system CPU time this process has used (zero
+// where the system cannot tell): on a machine shared with other work it
+// says what a run cost better than the time it took.
+func CPUTime() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // hash is FNV-1a over the values' bits.
@@ -305,7 +320,8 @@ type RingPlan struct {
 // ceiling: every member sends to its right neighbour and receives from its
 // left one at the same time, over one connection each, as the ring does
 // (without the reduction). It listens on addr, prints "addr ADDR", reads a
-// RingPlan line from in, and prints the seconds its send and receive took.
+// RingPlan line from in, and prints the seconds its send and receive took
+// and the CPU seconds the process spent meanwhile.
 func TCPRing(addr string, in io.Reader, out io.Writer) error {
 	lis, err := net.Listen("tcp", addr)
 	if err != nil {
@@ -357,6 +373,7 @@ func TCPRing(addr string, in io.Reader, out io.Writer) error {
 	}
 	// Touch the receive buffer before timing (fresh pages are slow here).
 	clear(rbuf)
+	c0 := CPUTime()
 	t0 := time.Now()
 	sent := make(chan error, 1)
 	go func() {
@@ -380,6 +397,6 @@ func TCPRing(addr string, in io.Reader, out io.Writer) error {
 	if err := <-sent; err != nil {
 		return fmt.Errorf("tcp ring: send: %w", err)
 	}
-	fmt.Fprintf(out, "%.6f\n", time.Since(t0).Seconds())
+	fmt.Fprintf(out, "%.6f %.6f\n", time.Since(t0).Seconds(), (CPUTime() - c0).Seconds())
 	return nil
 }

@@ -60,7 +60,7 @@ func TestWorkers(t *testing.T) {
 			if err := json.Unmarshal(p.out.Bytes(), &r); err != nil {
 				t.Fatal(err)
 			}
-			if r.Err != "" || !r.OK || len(r.Times) != 2 || r.Wire == 0 {
+			if r.Err != "" || !r.OK || len(r.Times) != 2 || len(r.CPU) != 2 || r.Wire == 0 {
 				t.Errorf("worker %d: %+v", i, r)
 			}
 			if i == 0 {
@@ -142,7 +142,14 @@ func TestTCPRing(t *testing.T) {
 		if !sc.Scan() {
 			t.Fatalf("member %d printed no time", i)
 		}
-		if v, err := strconv.ParseFloat(sc.Text(), 64); err != nil || v <= 0 {
+		fs := strings.Fields(sc.Text())
+		if len(fs) != 2 {
+			t.Fatalf("member %d: %q, want seconds and CPU seconds", i, sc.Text())
+		}
+		if v, err := strconv.ParseFloat(fs[0], 64); err != nil || v <= 0 {
+			t.Fatalf("member %d: %q", i, sc.Text())
+		}
+		if v, err := strconv.ParseFloat(fs[1], 64); err != nil || v < 0 {
 			t.Fatalf("member %d: %q", i, sc.Text())
 		}
 	}

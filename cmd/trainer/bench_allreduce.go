@@ -320,6 +320,8 @@ func runARBench(ctx context.Context, f arBenchFlags) error {
 	fmt.Printf("# busbw = algbw*2(n-1)/n; bus/tcp = busbw / raw TCP measured just before the size's runs;\n")
 	fmt.Printf("# bus/ring = busbw / the raw TCP ring (each process sending to its right neighbour while\n")
 	fmt.Printf("#   receiving from its left, as the ring does, no reduction): the ceiling when processes share cores;\n")
+	fmt.Printf("# cpu_ms = CPU time (user+system) of a member per call, median, mean over members; cpu_x = its CPU per fp32 byte\n")
+	fmt.Printf("#   a member sends (2(n-1)/n*size) / the raw TCP ring's CPU per byte sent: the ring's cost on a machine it shares\n")
 	fmt.Printf("# wire/fp32 = bytes a member sent / 2(n-1)/n*size; speedup = time(none)/time(codec)\n")
 	fmt.Printf("# check: sampled sums within the codec's bound (powersgd: none) and every member holding the same result\n")
 	if slices.Contains(f.codecs, allreduce.CodecPowerSGD) {
@@ -330,8 +332,8 @@ func runARBench(ctx context.Context, f arBenchFlags) error {
 		fmt.Printf("# powersgd: rank %d, %s\n", f.psgdRank, shapes)
 	}
 	for _, n := range f.worlds {
-		fmt.Printf("%5s %6s %-10s %4s %10s %10s %10s %8s %9s %10s %8s %8s %5s\n",
-			"world", "MiB", "codec", "reps", "median_ms", "algbw", "busbw", "bus/tcp", "bus/ring", "wire_MiB", "wire/fp32", "speedup", "check")
+		fmt.Printf("%5s %6s %-10s %4s %10s %10s %10s %8s %9s %8s %6s %10s %8s %8s %5s\n",
+			"world", "MiB", "codec", "reps", "median_ms", "algbw", "busbw", "bus/tcp", "bus/ring", "cpu_ms", "cpu_x", "wire_MiB", "wire/fp32", "speedup", "check")
 		for _, sz := range sizes {
 			mib := sz.label
 			// The machine is shared and its load changes by the minute:
@@ -342,13 +344,13 @@ func runARBench(ctx context.Context, f arBenchFlags) error {
 			}
 			fmt.Printf("# world %d, %s MiB: raw TCP, one connection between two processes (%s), %d MiB x 3: median %.3f GB/s\n",
 				n, mib, where, f.tcpMiB, tcp)
-			ringTCP := math.NaN()
+			ringTCP, ringCPU := math.NaN(), math.NaN()
 			if n > 1 {
-				if ringTCP, err = measureRing(e, n, f.tcpMiB); err != nil {
+				if ringTCP, ringCPU, err = measureRing(e, n, f.tcpMiB); err != nil {
 					return fmt.Errorf("raw TCP ring: %w", err)
 				}
-				fmt.Printf("# world %d, %s MiB: raw TCP ring of %d processes, %d MiB sent by each x 3: median %.3f GB/s per process\n",
-					n, mib, n, f.tcpMiB, ringTCP)
+				fmt.Printf("# world %d, %s MiB: raw TCP ring of %d processes, %d MiB sent by each x 3: median %.3f GB/s per process, %.3f CPU s per GB sent\n",
+					n, mib, n, f.tcpMiB, ringTCP, ringCPU)
 			}
 			var base float64               // none's median time
 			var noneWire, psgdWire float64 // bytes a member sent per call
@@ -371,14 +373,17 @@ func runARBench(ctx context.Context, f arBenchFlags) error {
 				if !r.ok {
 					check = "FAIL"
 				}
+				// CPU per fp32 byte a member sends, against the raw ring's
+				// per byte it sends.
+				cpuX := r.cpu / (ideal / 1e9) / ringCPU
 				switch r.codec {
 				case allreduce.CodecNone:
 					noneWire = r.wire
 				case allreduce.CodecPowerSGD:
 					psgdWire = r.wire
 				}
-				fmt.Printf("%5d %6s %-10s %4d %10.2f %10.3f %10.3f %8.2f %9.2f %10.1f %8s %8s %5s\n",
-					n, mib, r.codec, r.reps, r.med*1e3, alg, bus, bus/tcp, bus/ringTCP, r.wire/(1<<20), ratio, speed, check)
+				fmt.Printf("%5d %6s %-10s %4d %10.2f %10.3f %10.3f %8.2f %9.2f %8.1f %6.2f %10.1f %8s %8s %5s\n",
+					n, mib, r.codec, r.reps, r.med*1e3, alg, bus, bus/tcp, bus/ringTCP, r.cpu*1e3, cpuX, r.wire/(1<<20), ratio, speed, check)
 			})
 			if err != nil {
 				return fmt.Errorf("world %d: %w", n, err)
@@ -440,6 +445,7 @@ type arRow struct {
 	codec string
 	reps  int
 	med   float64 // seconds
+	cpu   float64 // CPU seconds per member per call (mean over members of the median)
 	wire  float64 // bytes sent per member per call (mean over members)
 	ok    bool
 }
@@ -495,6 +501,7 @@ func runWorld(e env, n int, f arBenchFlags, sz arSize, emit func(arRow)) error {
 				times[k] = max(times[k], t)
 			}
 			r.wire += float64(res.Wire) / float64(n)
+			r.cpu += median(res.CPU) / float64(n)
 			r.ok = r.ok && res.OK && res.Hash == results[0].Hash
 		}
 		r.med = median(times)
@@ -544,25 +551,26 @@ func measureTCP(e env, mib int) (float64, error) {
 }
 
 // measureRing runs the raw TCP ring of n processes three times and returns
-// the median per-process send rate in GB/s (the slowest member's time).
-func measureRing(e env, n, mib int) (float64, error) {
-	var runs []float64
+// the median per-process send rate in GB/s (the slowest member's time) and
+// the median CPU seconds a process spent per GB it sent.
+func measureRing(e env, n, mib int) (rate, cpu float64, err error) {
+	var rates, cpus []float64
 	for range 3 {
-		v, err := ringOnce(e, n, mib)
+		v, c, err := ringOnce(e, n, mib)
 		if err != nil {
-			return 0, err
+			return 0, 0, err
 		}
-		runs = append(runs, v)
+		rates, cpus = append(rates, v), append(cpus, c)
 	}
-	return median(runs), nil
+	return median(rates), median(cpus), nil
 }
 
-func ringOnce(e env, n, mib int) (float64, error) {
+func ringOnce(e env, n, mib int) (rate, cpu float64, err error) {
 	procs, members, err := startMembers(n, func(i int) *exec.Cmd {
 		return e.command(i, "bench", "allreduce-tcpring", "--listen", e.host(i)+":0")
 	})
 	if err != nil {
-		return 0, fmt.Errorf("raw TCP ring: %w", err)
+		return 0, 0, fmt.Errorf("raw TCP ring: %w", err)
 	}
 	defer stopAll(procs)
 	var addrs []string
@@ -572,22 +580,30 @@ func ringOnce(e env, n, mib int) (float64, error) {
 	for i, p := range procs {
 		b, _ := json.Marshal(ringbench.RingPlan{Addrs: addrs, Rank: i, MiB: mib})
 		if _, err := fmt.Fprintf(p.in, "%s\n", b); err != nil {
-			return 0, fmt.Errorf("ring member %d: send plan: %w", i, err)
+			return 0, 0, fmt.Errorf("ring member %d: send plan: %w", i, err)
 		}
 	}
-	var slowest float64
+	var slowest, cpus float64
 	for i, p := range procs {
 		l, err := p.line()
 		if err != nil {
-			return 0, fmt.Errorf("ring member %d: %w", i, err)
+			return 0, 0, fmt.Errorf("ring member %d: %w", i, err)
 		}
-		v, err := strconv.ParseFloat(l, 64)
-		if err != nil || v <= 0 {
-			return 0, fmt.Errorf("ring member %d said %q", i, l)
+		// seconds, CPU seconds
+		fs := strings.Fields(l)
+		if len(fs) != 2 {
+			return 0, 0, fmt.Errorf("ring member %d said %q", i, l)
+		}
+		v, err1 := strconv.ParseFloat(fs[0], 64)
+		c, err2 := strconv.ParseFloat(fs[1], 64)
+		if err1 != nil || err2 != nil || v <= 0 || c < 0 {
+			return 0, 0, fmt.Errorf("ring member %d said %q", i, l)
 		}
 		slowest = max(slowest, v)
+		cpus += c
 	}
-	return float64(mib) * (1 << 20) / slowest / 1e9, nil
+	gb := float64(mib) * (1 << 20) / 1e9
+	return gb / slowest, cpus / float64(n) / gb, nil
 }
 
 // runMPI runs the OpenMPI baseline and prints its row in the same table.
@@ -609,8 +625,8 @@ func runMPI(bin string, n, mib int, tcp, ringTCP float64) error {
 		alg, _ := strconv.ParseFloat(fs[5], 64)
 		bus, _ := strconv.ParseFloat(fs[6], 64)
 		check := fs[7]
-		fmt.Printf("%5d %6s %-10s %4s %10.2f %10.3f %10.3f %8.2f %9.2f %10s %8s %8s %5s\n",
-			n, fs[1], "openmpi", fs[2], med, alg, bus, bus/tcp, bus/ringTCP, "-", "-", "-", check)
+		fmt.Printf("%5d %6s %-10s %4s %10.2f %10.3f %10.3f %8.2f %9.2f %8s %6s %10s %8s %8s %5s\n",
+			n, fs[1], "openmpi", fs[2], med, alg, bus, bus/tcp, bus/ringTCP, "-", "-", "-", "-", "-", check)
 	}
 	return nil
 }

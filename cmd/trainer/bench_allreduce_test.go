@@ -33,7 +33,7 @@ func TestBenchAllreduce(t *testing.T) {
 	rows := map[string]bool{}
 	for l := range strings.SplitSeq(text, "\n") {
 		fs := strings.Fields(l)
-		if len(fs) != 13 || fs[0] != "2" {
+		if len(fs) != 15 || fs[0] != "2" {
 			continue
 		}
 		if fs[len(fs)-1] != "ok" {
@@ -60,7 +60,7 @@ func TestBenchAllreduce(t *testing.T) {
 	}
 	n := 0
 	for l := range strings.SplitSeq(text, "\n") {
-		if fs := strings.Fields(l); len(fs) == 13 && fs[0] == "2" {
+		if fs := strings.Fields(l); len(fs) == 15 && fs[0] == "2" {
 			n++
 			if !strings.HasPrefix(fs[1], "L1-d64=") || fs[len(fs)-1] != "ok" {
 				t.Errorf("row: %s", l)
