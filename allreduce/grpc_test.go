@@ -361,3 +361,43 @@ func TestGRPCOverTLS(t *testing.T) {
 		}
 	}
 }
+
+// FuzzSendConn writes the HTTP/2 preface and arbitrary bytes, cut into
+// writes at arbitrary places, through a sendConn: whatever the framing it
+// reads, it must not panic, and once what it holds is written the peer must
+// have received exactly the bytes written, in order.
+func FuzzSendConn(f *testing.F) {
+	msg := append(h2Frame(20, frameData, 0, 1), 0, 0, 0, 0, 15)
+	msg = append(msg, make([]byte, 15)...)
+	f.Add(append(append(h2Frame(0, 4, 1, 0), msg...), h2Frame(0, frameData, flagEndStream, 1)...), []byte{3, 9, 1})
+	f.Add(append(h2Frame(5000, frameData, 0, 3), make([]byte, 5000)...), []byte{200, 17})
+	f.Add(append(h2Frame(3, frameData, flagPadded, 5), 1, 2, 3), []byte{})
+	f.Fuzz(func(t *testing.T, data, cuts []byte) {
+		cli, srv := tcpPair(t)
+		c := newSendConn(cli, func() { t.Error("the preface taken for transport security") })
+		in := append([]byte(h2Preface), data...)
+		got := make(chan []byte, 1)
+		go func() { b, _ := io.ReadAll(srv); got <- b }()
+		rest := in
+		for i := 0; len(rest) > 0; i++ {
+			k := len(rest)
+			if i < len(cuts) {
+				k = min(k, int(cuts[i])*64+1)
+			}
+			if n, err := c.Write(rest[:k]); err != nil || n != k {
+				t.Fatalf("write: %d of %d, %v", n, k, err)
+			}
+			rest = rest[k:]
+		}
+		c.mu.Lock()
+		err := c.flush()
+		c.mu.Unlock()
+		if err != nil {
+			t.Fatal(err)
+		}
+		cli.CloseWrite()
+		if b := <-got; !bytes.Equal(b, in) {
+			t.Fatalf("the peer received %d bytes, %d were written, or other bytes", len(b), len(in))
+		}
+	})
+}
