@@ -358,13 +358,19 @@ func lse3(a, b, c float64) float64 {
 
 // bootstrapLaws resamples the runs of each iso-FLOP group with replacement,
 // refits the parabolas and the three laws, and sets the 2.5% and 97.5%
-// percentiles of each exponent. It returns the resamples that succeeded.
+// percentiles of each exponent. Only the groups behind the laws are
+// resampled: a budget whose curve has no minimum is not in the estimate,
+// and a resample that happens to find one there would measure another
+// estimate. It returns the resamples that succeeded.
 func bootstrapLaws(nf *NoiseFit, o FitOptions) int {
 	rng := rand.New(rand.NewPCG(o.Seed, 1))
 	var me, de, le []float64
 	for range o.Bootstrap {
 		var opt []Optimum
 		for _, g := range nf.Groups {
+			if g.Optimum == nil {
+				continue
+			}
 			s := make([]Point, len(g.Points))
 			for i := range s {
 				s[i] = g.Points[rng.IntN(len(g.Points))]

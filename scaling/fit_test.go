@@ -103,3 +103,41 @@ func TestIsoFLOPTooFewSizes(t *testing.T) {
 		t.Error("a NaN loss was accepted")
 	}
 }
+
+// TestBootstrapKeepsTheFittedBudgets: a budget whose iso-FLOP curve has no
+// minimum is left out of the laws, and so out of their bootstrap too, even
+// when some resamples of its runs happen to have a minimum. Two exact
+// parabolas then give the same optima in every resample: the intervals
+// collapse onto the estimates.
+func TestBootstrapKeepsTheFittedBudgets(t *testing.T) {
+	var pts []Point
+	for i, c := range []float64{1e10, 1e11} {
+		mstar := 1e4 * math.Pow(10, float64(i)*0.6)
+		for k := -2; k <= 2; k++ {
+			m := mstar * math.Exp(float64(k))
+			pts = append(pts, Point{Noise: "masked", M: m, D: c / m, C: c, Loss: 3 * math.Exp(0.01*float64(k*k)) * math.Pow(c/1e10, -0.05)})
+		}
+	}
+	// At 1e12 the curve opens downwards over all five sizes, while three
+	// middle sizes alone curve upwards.
+	for k, y := range []float64{0, 0.05, 0.03, 0.05, 0} {
+		m := 1e5 * math.Exp(float64(k-2))
+		pts = append(pts, Point{Noise: "masked", M: m, D: 1e12 / m, C: 1e12, Loss: 2.5 * math.Exp(y)})
+	}
+	fits, err := Fit(pts, FitOptions{Bootstrap: 2000, Delta: 1e-3, LawDelta: 0.1, Seed: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := fits[0]
+	if f.Groups[2].Optimum != nil || f.MOpt == nil {
+		t.Fatalf("1e12 optimum %v, M* law %v: want none and a law through two budgets", f.Groups[2].Optimum, f.MOpt)
+	}
+	if math.Abs(f.MOpt.Exp-0.6) > 1e-6 {
+		t.Errorf("M* exponent %g, want 0.6", f.MOpt.Exp)
+	}
+	for name, l := range map[string]*Law{"M*": f.MOpt, "D*": f.DOpt, "L*": f.LOpt} {
+		if math.Abs(l.Lo-l.Exp) > 1e-6 || math.Abs(l.Hi-l.Exp) > 1e-6 {
+			t.Errorf("%s exponent %g, interval [%g, %g]: resamples used the budget without a minimum", name, l.Exp, l.Lo, l.Hi)
+		}
+	}
+}
