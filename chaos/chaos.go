@@ -346,7 +346,7 @@ func (r *runner) partition() (Event, error) {
 	if err := r.lab.SetLink(s.ns, false); err != nil {
 		return ev, fmt.Errorf("cut %s off: %w", s.name, err)
 	}
-	d, err := r.waitRing(rest, len(rest), ev.At, 30*time.Second)
+	d, err := r.waitRing(rest, len(rest), true, ev.At, 30*time.Second)
 	ev.Recovery = d
 	if err != nil {
 		r.lab.SetLink(s.ns, true)
@@ -364,7 +364,7 @@ func (r *runner) partition() (Event, error) {
 	if trained {
 		return ev, fmt.Errorf("%s trained step %d on its own while it was cut off", s.name, st)
 	}
-	d, err = r.waitRing([]*slot{s}, len(r.slots), heal, time.Minute)
+	d, err = r.waitRing([]*slot{s}, len(r.slots), false, heal, time.Minute)
 	ev.Rejoin = d
 	if err != nil {
 		ev.Rejoin = -1
@@ -374,12 +374,12 @@ func (r *runner) partition() (Event, error) {
 }
 
 // waitRing waits until one of slots records a step completed after since
-// in a ring of at least members members.
-func (r *runner) waitRing(slots []*slot, members int, since time.Time, limit time.Duration) (time.Duration, error) {
+// in a ring of members members (exactly, or at least).
+func (r *runner) waitRing(slots []*slot, members int, exact bool, since time.Time, limit time.Duration) (time.Duration, error) {
 	deadline := time.Now().Add(limit)
 	for time.Now().Before(deadline) {
 		for _, s := range slots {
-			if t, ok := lastRec(s.dir); ok && t.Time.After(since) && t.Members >= members {
+			if t, ok := lastRec(s.dir); ok && t.Time.After(since) && (t.Members == members || !exact && t.Members > members) {
 				return t.Time.Sub(since), nil
 			}
 		}

@@ -172,6 +172,7 @@ func (c *Cluster) penaltyFor(name string, blamed bool) time.Duration {
 type strike struct {
 	n    int
 	last time.Time
+	gen  uint64 // the generation of the last failure report that counted
 }
 
 // Probe tries once to join the gossip of the members at addrs and reports
@@ -208,6 +209,7 @@ func (c *Cluster) watchStall() {
 	t := time.NewTicker(period / 4)
 	defer t.Stop()
 	var last time.Time
+	reported := map[string]uint64{} // member -> generation it was reported in
 	for {
 		select {
 		case <-c.stop:
@@ -231,6 +233,10 @@ func (c *Cluster) watchStall() {
 			if !still {
 				break // the step ended or a new ring formed meanwhile
 			}
+			if reported[name] == cur.ID {
+				continue // once per generation; the coordinator acts on it
+			}
+			reported[name] = cur.ID
 			c.log.Warn("ring member does not answer while the step stalls", "gen", cur.ID, "member", name)
 			r := &report{Gen: cur.ID, Reporter: c.name, Peer: name, Err: "no answer to a status probe while the step stalled"}
 			c.wg.Add(1)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"strconv"
 	"testing"
@@ -191,6 +192,29 @@ func TestPenaltyGrows(t *testing.T) {
 	}
 	if d := c.penaltyFor("y", false); d > 2*time.Second {
 		t.Errorf("first failure of a candidate: penalty %v, want about a second", d)
+	}
+}
+
+// TestOneStrikePerGeneration: several members reporting the same silent
+// member in one generation (each whose step stalls does) count as one
+// failure. In the chaos run, repeated reports of a member cut off for 4 s
+// had doubled its penalty to 20 s, and it trained again 30 s after the heal.
+func TestOneStrikePerGeneration(t *testing.T) {
+	c := &Cluster{name: "a", cfg: Config{Timing: Timing{Penalty: 16 * time.Second}}, log: slog.New(slog.DiscardHandler),
+		cur: Generation{ID: 7}, strikes: map[string]strike{}, penalty: map[string]time.Time{}, wakeCh: make(chan struct{}, 1)}
+	for _, reporter := range []string{"a", "b", "a", "b", "a"} {
+		c.handleReport(&report{Gen: 7, Reporter: reporter, Peer: "x"})
+	}
+	if d := time.Until(c.penalty["x"]); d > 16*time.Second/16*5/4 {
+		t.Errorf("five reports in one generation: penalty %v, want one strike's (about 1 s)", d)
+	}
+	if n := c.strikes["x"].n; n != 1 {
+		t.Errorf("%d strikes, want 1", n)
+	}
+	c.cur.ID = 8
+	c.handleReport(&report{Gen: 8, Reporter: "a", Peer: "x"})
+	if n := c.strikes["x"].n; n != 2 {
+		t.Errorf("a report in the next generation: %d strikes, want 2", n)
 	}
 }
 
