@@ -306,8 +306,11 @@ func TestPowerSGDConfig(t *testing.T) {
 // reference, and the survivors' residuals carry over.
 func TestPowerSGDMembership(t *testing.T) {
 	const rank = 2
+	// c's death is seen when its transport closes; the deadline only bounds
+	// a stall, and is long enough for a loaded machine under -race (300 ms
+	// made step 0 time out there).
 	cfg := Config{Codec: CodecPowerSGD, Tensors: psgdShapes, PowerSGDRank: rank, Seed: 3,
-		BucketBytes: 4 * 300, ChunkBytes: 4 * Int8Block, Deadline: 300 * time.Millisecond}
+		BucketBytes: 4 * 300, ChunkBytes: 4 * Int8Block, Deadline: 3 * time.Second}
 	net := NewInmemNetwork()
 	member := func(name string) (*InmemTransport, *Reducer) {
 		tr, err := net.Transport(name)
