@@ -43,6 +43,9 @@ type Optimum struct {
 	M    float64 `json:"M"`
 	D    float64 `json:"D"`
 	Loss float64 `json:"loss"`
+	// Outside: the minimum lies beyond the smallest or largest size run at
+	// this budget, an extrapolation of the parabola.
+	Outside bool `json:"outside,omitempty"`
 }
 
 // Group is one iso-FLOP curve: the best run of each size at one budget and
@@ -174,6 +177,10 @@ func fitNoise(noise string, pts []Point, o FitOptions) *NoiseFit {
 		}
 		g.Parabola, g.Optimum = par, &op
 		opt = append(opt, op)
+		if op.Outside {
+			nf.Notes = append(nf.Notes, fmt.Sprintf("C=%s: the minimum M=%.3g lies outside the sizes run (%.3g to %.3g): an extrapolation",
+				groupKey(g.C), op.M, g.Points[0].M, g.Points[len(g.Points)-1].M))
+		}
 	}
 	if len(opt) >= 2 {
 		nf.MOpt, nf.DOpt, nf.LOpt = &Law{}, &Law{}, &Law{}
@@ -239,7 +246,7 @@ func isoFLOP(c float64, pts []Point) ([]float64, Optimum, string) {
 	m := math.Exp(u + mean)
 	// Coefficients in x = ln M, uncentred, for drawing.
 	par := []float64{a, b - 2*a*mean, a*mean*mean - b*mean + k}
-	return par, Optimum{C: c, M: m, D: c / m, Loss: math.Exp(a*u*u + b*u + k)}, ""
+	return par, Optimum{C: c, M: m, D: c / m, Loss: math.Exp(a*u*u + b*u + k), Outside: u < lo || u > hi}, ""
 }
 
 // optimaLaws fits M*, D* and L* as power laws in C.

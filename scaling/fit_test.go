@@ -3,6 +3,7 @@ package scaling
 import (
 	"math"
 	"math/rand/v2"
+	"strings"
 	"testing"
 )
 
@@ -139,5 +140,30 @@ func TestBootstrapKeepsTheFittedBudgets(t *testing.T) {
 		if math.Abs(l.Lo-l.Exp) > 1e-6 || math.Abs(l.Hi-l.Exp) > 1e-6 {
 			t.Errorf("%s exponent %g, interval [%g, %g]: resamples used the budget without a minimum", name, l.Exp, l.Lo, l.Hi)
 		}
+	}
+}
+
+// TestIsoFLOPOutside: a minimum beyond the sizes run, but near enough to
+// be kept, is marked as an extrapolation; one among them is not.
+func TestIsoFLOPOutside(t *testing.T) {
+	curve := func(c, mstar float64) []Point {
+		var pts []Point
+		for k := range 5 {
+			m := 1e4 * math.Exp(float64(k))
+			pts = append(pts, Point{Noise: "uniform", M: m, D: c / m, C: c, Loss: 3 * math.Exp(0.02*math.Pow(math.Log(m/mstar), 2))})
+		}
+		return pts
+	}
+	_, in, why := isoFLOP(1e11, curve(1e11, 3e4))
+	if why != "" || in.Outside || math.Abs(in.M/3e4-1) > 1e-6 {
+		t.Errorf("interior minimum: %+v %q", in, why)
+	}
+	_, out, why := isoFLOP(1e11, curve(1e11, 4e3))
+	if why != "" || !out.Outside || math.Abs(out.M/4e3-1) > 1e-6 {
+		t.Errorf("minimum below the smallest size 1e4: %+v %q", out, why)
+	}
+	fits, err := Fit(curve(1e11, 4e3), FitOptions{Delta: 1e-3, LawDelta: 0.1})
+	if err != nil || len(fits[0].Notes) == 0 || !strings.Contains(fits[0].Notes[0], "extrapolation") {
+		t.Errorf("no note of the extrapolated minimum: %v %v", fits[0].Notes, err)
 	}
 }

@@ -266,11 +266,15 @@ func printFit(w io.Writer, fits []*scaling.NoiseFit, ratios []ratioRow) {
 	}
 	fmt.Fprintln(w, "Iso-FLOP optima (runs: best per size and budget)")
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "noise\tC\tsizes\tM*\tD*\tL*")
+	fmt.Fprintln(tw, "noise\tC\tsizes\tM*\tD*\tL*\t")
 	for _, nf := range fits {
 		for _, g := range nf.Groups {
 			if o := g.Optimum; o != nil {
-				fmt.Fprintf(tw, "%s\t%.3g\t%d\t%.4g\t%.4g\t%.4f\n", nf.Noise, g.C, len(g.Points), o.M, o.D, o.Loss)
+				out := ""
+				if o.Outside {
+					out = "outside the sizes run"
+				}
+				fmt.Fprintf(tw, "%s\t%.3g\t%d\t%.4g\t%.4g\t%.4f\t%s\n", nf.Noise, g.C, len(g.Points), o.M, o.D, o.Loss, out)
 			}
 		}
 	}
