@@ -115,9 +115,7 @@ func (c *Cluster) suspect(name string) {
 		return
 	}
 	c.mu.Lock()
-	until := time.Now().Add(c.cfg.Timing.Penalty)
-	c.suspects[name] = until
-	c.penalty[name] = until
+	c.suspects[name] = c.strikeLocked(name, c.cur.ID)
 	c.mu.Unlock()
 	c.log.Info("suspecting member", "member", name)
 	c.wake()
@@ -167,6 +165,24 @@ func (c *Cluster) penaltyFor(name string, blamed bool) time.Duration {
 	}
 	d = min(d, limit)
 	return d + time.Duration(rand.Int64N(int64(d)/4+1))
+}
+
+// strikeLocked counts a failure of member name in generation gen and keeps
+// it out of new rings for penaltyFor; it returns until when. One strike
+// per generation: every member of a stalled ring reports a silent one, and
+// its penalty must not double for each of them. (A fixed 30 s here kept a
+// coordinator cut off for 4 s out for 30 s after the heal.) Callers hold
+// c.mu.
+func (c *Cluster) strikeLocked(name string, gen uint64) time.Time {
+	if s := c.strikes[name]; s.gen == gen && !c.penalty[name].IsZero() {
+		return c.penalty[name]
+	}
+	until := time.Now().Add(c.penaltyFor(name, true))
+	c.penalty[name] = until
+	s := c.strikes[name]
+	s.gen = gen
+	c.strikes[name] = s
+	return until
 }
 
 type strike struct {
@@ -237,6 +253,9 @@ func (c *Cluster) watchStall() {
 				continue // once per generation; the coordinator acts on it
 			}
 			reported[name] = cur.ID
+			if coord, _ := c.coordinator(); coord == name {
+				c.suspect(name) // report to the next one at once
+			}
 			c.log.Warn("ring member does not answer while the step stalls", "gen", cur.ID, "member", name)
 			r := &report{Gen: cur.ID, Reporter: c.name, Peer: name, Err: "no answer to a status probe while the step stalled"}
 			c.wg.Add(1)

@@ -142,13 +142,8 @@ func (c *Cluster) handleReport(r *report) *reply {
 	}
 	c.log.Warn("failure reported", "gen", r.Gen, "reporter", r.Reporter, "peer", r.Peer, "err", r.Err)
 	c.force = r.Gen
-	// One strike per generation: every member of a stalled ring reports
-	// a silent one, and its penalty must not double for each of them.
-	if s := c.strikes[r.Peer]; r.Peer != "" && r.Peer != c.name && (s.gen != r.Gen || c.penalty[r.Peer].IsZero()) {
-		c.penalty[r.Peer] = time.Now().Add(c.penaltyFor(r.Peer, true))
-		s = c.strikes[r.Peer]
-		s.gen = r.Gen
-		c.strikes[r.Peer] = s
+	if r.Peer != "" && r.Peer != c.name {
+		c.strikeLocked(r.Peer, r.Gen)
 	}
 	c.wake()
 	return &reply{OK: true}
