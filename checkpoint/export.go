@@ -169,11 +169,16 @@ func exportTokenizer(st *State, fallback []byte) ([]namedFile, error) {
 		name string
 		v    any
 	}{{ExportTokenizerConfig, conf}, {ExportSpecialTokens, special}} {
-		b, err := json.MarshalIndent(f.v, "", "  ")
-		if err != nil {
+		// Token strings such as <|mask|> are written as they are, not
+		// HTML-escaped.
+		var b bytes.Buffer
+		enc := json.NewEncoder(&b)
+		enc.SetEscapeHTML(false)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(f.v); err != nil {
 			return nil, err
 		}
-		files = append(files, namedFile{f.name, append(b, '\n')})
+		files = append(files, namedFile{f.name, b.Bytes()})
 	}
 	return files, nil
 }

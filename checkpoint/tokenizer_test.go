@@ -277,6 +277,9 @@ func TestExportTokenizer(t *testing.T) {
 		v    *map[string]any
 	}{{ExportSpecialTokens, &special}, {ExportTokenizerConfig, &conf}} {
 		b, _ := os.ReadFile(filepath.Join(out, f.name))
+		if !bytes.Contains(b, []byte(tok.Token(3))) {
+			t.Errorf("%s does not spell %s as it is:\n%s", f.name, tok.Token(3), b)
+		}
 		if err := json.Unmarshal(b, f.v); err != nil {
 			t.Fatalf("%s: %v", f.name, err)
 		}
