@@ -366,7 +366,7 @@ func (t *GRPCTransport) Dial(ctx context.Context, addr string) (Link, error) {
 		if !l.broken.Load() {
 			return l, nil
 		}
-		l.close()
+		go l.close() // in the background, as in Retain
 		delete(t.links, addr)
 	}
 	l, err := t.open(ctx, addr, !t.secure.Load())
@@ -469,8 +469,11 @@ func (t *GRPCTransport) Retain(addrs []string) {
 		}
 	}
 	t.mu.Unlock()
+	// In the background: gRPC's ClientConn.Close waits up to 5 s for its
+	// writer to send a GOAWAY, and a writer blocked on a peer cut off by
+	// a partition never does; the new ring's first step waited for it.
 	for _, l := range gone {
-		l.close()
+		go l.close()
 	}
 }
 
