@@ -153,9 +153,9 @@ func meanOf(v []float64) float64 {
 // (seed 1): at 600 steps the runs are still chaotic; with seed 2 int8 ends
 // +1.20% and powersgd -0.93% from none (3.5353), with seed 3 +0.58% and
 // +2.19% (none 3.3991), so the bounds check the codecs on this run, not on
-// every seed. PowerSGD's gap grows with the
-// batch: at 24 sequences of 64 tokens it is +2.16% (none 3.0505); the
-// demo's full batch was not measured with this test.
+// every seed. PowerSGD's gap grows with the batch: at 24 sequences of 64
+// tokens it is +2.16% (none 3.0505); the demo's full batch was not
+// measured with this test.
 func TestCodecsConverge(t *testing.T) {
 	if testing.Short() {
 		t.Skip("three 600-step runs of the demo model")
