@@ -196,14 +196,7 @@ func (c *Cluster) reachable(ring []Member, cur Generation) bool {
 			continue
 		}
 		wg.Go(func() {
-			ctx, cancel := context.WithTimeout(context.Background(), min(c.cfg.Timing.RPCTimeout, time.Second))
-			defer cancel()
-			var st Status
-			err := c.call(ctx, m.Addr, methodStatus, &statusRequest{}, &st)
-			if err == nil && st.Self != m.Name {
-				err = fmt.Errorf("answered by %q", st.Self)
-			}
-			if err != nil {
+			if err := c.ping(m, min(c.cfg.Timing.RPCTimeout, time.Second)); err != nil {
 				c.log.Info("candidate not reachable, kept out for now", "member", m.Name, "err", err)
 				c.punish(m.Name)
 				mu.Lock()

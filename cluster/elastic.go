@@ -267,6 +267,19 @@ func (c *Cluster) watchStall() {
 	}
 }
 
+// ping asks member m for its status and checks that m itself answered
+// (not another process on its old address), within timeout.
+func (c *Cluster) ping(m Member, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	var st Status
+	err := c.call(ctx, m.Addr, methodStatus, &statusRequest{}, &st)
+	if err == nil && st.Self != m.Name {
+		err = fmt.Errorf("answered by %q", st.Self)
+	}
+	return err
+}
+
 // silent asks gen's other members for their status and returns those that
 // did not answer within timeout.
 func (c *Cluster) silent(gen Generation, timeout time.Duration) []string {
@@ -278,14 +291,7 @@ func (c *Cluster) silent(gen Generation, timeout time.Duration) []string {
 			continue
 		}
 		wg.Go(func() {
-			ctx, cancel := context.WithTimeout(context.Background(), timeout)
-			defer cancel()
-			var st Status
-			err := c.call(ctx, m.Addr, methodStatus, &statusRequest{}, &st)
-			if err == nil && st.Self != m.Name {
-				err = fmt.Errorf("answered by %q", st.Self)
-			}
-			if err != nil {
+			if c.ping(m, timeout) != nil {
 				mu.Lock()
 				out = append(out, m.Name)
 				mu.Unlock()
