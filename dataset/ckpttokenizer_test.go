@@ -115,3 +115,47 @@ func TestDecodeShowingSpecial(t *testing.T) {
 		t.Errorf("Decode skips specials: %q", got)
 	}
 }
+
+// TestLoaderPeerCopiesTokenizer: a node that streams a BPE dataset from a
+// peer (a joiner) gets the tokenizer file too, verified, so that its
+// checkpoints carry it and it serves the file onward; a peer whose copy is
+// damaged hands over nothing.
+func TestLoaderPeerCopiesTokenizer(t *testing.T) {
+	tok, err := LoadTokenizer(paperTokenizer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := prepareWith(t, tok)
+	ctx := context.Background()
+	open := func(src string) (*Loader, string) {
+		cache := t.TempDir()
+		l, err := Open(ctx, Options{Dir: cache, Peer: serveFlight(t, src)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { l.Close() })
+		return l, cache
+	}
+	l, cache := open(dir)
+	if got := l.TokenizerJSON(); !bytes.Equal(got, tok.File()) {
+		t.Fatalf("a joiner's loader hands checkpoints %d tokenizer bytes, want the dataset's %d", len(got), len(tok.File()))
+	}
+	if _, err := ManifestTokenizer(cache, l.Manifest()); err != nil {
+		t.Fatalf("the copied tokenizer: %v", err)
+	}
+	// Served onward from the copy.
+	if l2, _ := open(cache); !bytes.Equal(l2.TokenizerJSON(), tok.File()) {
+		t.Fatal("the tokenizer file was not served onward from a copy")
+	}
+	p := filepath.Join(dir, TokenizerCopy)
+	b, _ := os.ReadFile(p)
+	b[len(b)/3] ^= 1
+	os.WriteFile(p, b, 0o644)
+	l3, cache3 := open(dir)
+	if got := l3.TokenizerJSON(); got != nil {
+		t.Fatalf("a damaged tokenizer file was accepted from the peer (%d bytes)", len(got))
+	}
+	if _, err := os.Stat(filepath.Join(cache3, TokenizerCopy)); err == nil {
+		t.Fatal("a damaged tokenizer file was written into the cache")
+	}
+}

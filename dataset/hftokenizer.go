@@ -1,6 +1,7 @@
 package dataset
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
@@ -164,4 +165,23 @@ func orNone(s string) string {
 		return "not recorded"
 	}
 	return s
+}
+
+// fetchTokenizer copies the dataset's tokenizer file into a cache of a
+// remote dataset, so that this node's checkpoints carry it and its Flight
+// server serves it, unless a verified copy is there already. A peer that
+// cannot send it costs only that (a warning): the digest still travels.
+func fetchTokenizer(ctx context.Context, f shard.Fetcher, m *shard.Manifest, dir string) {
+	tf, ok := f.(interface {
+		FetchTokenizer(context.Context, *shard.Manifest, string) error
+	})
+	if !ok || m.TokenizerFile == "" {
+		return
+	}
+	if _, err := ManifestTokenizer(dir, m); err == nil {
+		return
+	}
+	if err := tf.FetchTokenizer(ctx, m, dir); err != nil {
+		slog.Warn("dataset: could not copy the tokenizer file from the source", "file", m.TokenizerFile, "err", err)
+	}
 }

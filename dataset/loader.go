@@ -166,6 +166,7 @@ func open(ctx context.Context, o Options, f shard.Fetcher) (*Loader, error) {
 		if err := shard.WriteManifest(l.dir, l.man); err != nil {
 			return nil, fmt.Errorf("dataset: cache: %w", err)
 		}
+		fetchTokenizer(ctx, f, l.man, l.dir)
 	}
 	if _, err := TokenizerByName(l.man.Tokenizer); err != nil && l.man.TokenizerFile == "" {
 		slog.Warn("dataset: manifest names a tokenizer this build lacks; token ids are still usable", "tokenizer", l.man.Tokenizer)

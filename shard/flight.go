@@ -142,8 +142,12 @@ func (s *FlightServer) info(m *Manifest, si Info) *flight.FlightInfo {
 	}
 }
 
-// DoAction answers ActionManifest with the manifest's JSON.
+// DoAction answers ActionManifest with the manifest's JSON and
+// ActionTokenizer with the tokenizer file.
 func (s *FlightServer) DoAction(a *flight.Action, stream flight.FlightService_DoActionServer) error {
+	if a.GetType() == ActionTokenizer {
+		return s.sendTokenizer(stream)
+	}
 	if a.GetType() != ActionManifest {
 		return status.Errorf(codes.Unimplemented, "unknown action %q", a.GetType())
 	}
@@ -156,7 +160,10 @@ func (s *FlightServer) DoAction(a *flight.Action, stream flight.FlightService_Do
 
 // ListActions lists ActionManifest.
 func (s *FlightServer) ListActions(_ *flight.Empty, stream flight.FlightService_ListActionsServer) error {
-	return stream.Send(&flight.ActionType{Type: ActionManifest, Description: "the dataset manifest (JSON)"})
+	if err := stream.Send(&flight.ActionType{Type: ActionManifest, Description: "the dataset manifest (JSON)"}); err != nil {
+		return err
+	}
+	return stream.Send(&flight.ActionType{Type: ActionTokenizer, Description: "the dataset's tokenizer file, in pieces"})
 }
 
 // ListFlights lists the shards present here.

@@ -1,0 +1,161 @@
+package shard
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+
+	"github.com/apache/arrow-go/v18/arrow/flight"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// ActionTokenizer is the Flight action whose results are the dataset's
+// tokenizer file (Manifest.TokenizerFile), in pieces of at most
+// tokenizerPiece bytes.
+const ActionTokenizer = "difftrain.tokenizer"
+
+const (
+	maxTokenizer   = 256 << 20 // a tokenizer file larger than this is refused
+	tokenizerPiece = 1 << 20
+)
+
+// tokenizerName returns the manifest's tokenizer file name, checked to be a
+// plain name in the dataset directory; "" when there is none.
+func tokenizerName(m *Manifest) (string, error) {
+	name := m.TokenizerFile
+	if name == "" {
+		return "", nil
+	}
+	if filepath.Base(name) != name || name == "." || name == ".." || name == ManifestName {
+		return "", fmt.Errorf("manifest: tokenizer file %q is not a plain file name", name)
+	}
+	return name, nil
+}
+
+// sendTokenizer streams the dataset's tokenizer file.
+func (s *FlightServer) sendTokenizer(stream flight.FlightService_DoActionServer) error {
+	m, _, err := s.manifest()
+	if err != nil {
+		return err
+	}
+	name, err := tokenizerName(m)
+	if err != nil {
+		return status.Errorf(codes.Internal, "%v", err)
+	}
+	if name == "" {
+		return status.Errorf(codes.NotFound, "the dataset has no tokenizer file")
+	}
+	f, err := os.Open(filepath.Join(s.dir, name))
+	if err != nil {
+		return status.Errorf(codes.NotFound, "tokenizer file %s: %v", name, err)
+	}
+	defer f.Close()
+	buf := make([]byte, tokenizerPiece)
+	for {
+		n, err := io.ReadFull(f, buf)
+		if n > 0 {
+			if err := stream.Send(&flight.Result{Body: buf[:n]}); err != nil {
+				return err
+			}
+		}
+		if err == io.EOF || err == io.ErrUnexpectedEOF {
+			return nil
+		}
+		if err != nil {
+			return status.Errorf(codes.Internal, "tokenizer file %s: %v", name, err)
+		}
+	}
+}
+
+// FetchTokenizer copies m's tokenizer file from the peer to dir, verified
+// against the manifest's sha256. A manifest without one needs nothing.
+func (c *FlightClient) FetchTokenizer(ctx context.Context, m *Manifest, dir string) error {
+	name, err := tokenizerName(m)
+	if err != nil || name == "" {
+		return err
+	}
+	return c.Retry.do(ctx, "tokenizer file from "+c.addr, func() error {
+		stream, err := c.c.DoAction(ctx, &flight.Action{Type: ActionTokenizer})
+		if err != nil {
+			return grpcErr(c.addr, err)
+		}
+		pr, pw := io.Pipe()
+		go func() {
+			for {
+				res, err := stream.Recv()
+				if err != nil {
+					if err == io.EOF {
+						err = nil
+					} else {
+						err = grpcErr(c.addr, err)
+					}
+					pw.CloseWithError(err)
+					return
+				}
+				if _, err := pw.Write(res.GetBody()); err != nil {
+					return
+				}
+			}
+		}()
+		err = saveTokenizer(pr, m, name, dir)
+		pr.Close()
+		return err
+	})
+}
+
+// FetchTokenizer downloads m's tokenizer file into dir, verified.
+func (h *HTTP) FetchTokenizer(ctx context.Context, m *Manifest, dir string) error {
+	name, err := tokenizerName(m)
+	if err != nil || name == "" {
+		return err
+	}
+	return h.Retry.do(ctx, "tokenizer file "+name, func() error {
+		body, err := h.get(ctx, name)
+		if err != nil {
+			return err
+		}
+		defer body.Close()
+		return saveTokenizer(body, m, name, dir)
+	})
+}
+
+// saveTokenizer copies r to dir/name through a temporary file, renaming it
+// into place only when its sha256 is the manifest's.
+func saveTokenizer(r io.Reader, m *Manifest, name, dir string) error {
+	f, err := os.CreateTemp(dir, "."+name+".tmp-*")
+	if err != nil {
+		return permanent{fmt.Errorf("tokenizer file: %w", err)}
+	}
+	tmp := f.Name()
+	defer os.Remove(tmp) // a no-op after the rename
+	h := sha256.New()
+	n, err := io.Copy(io.MultiWriter(f, h), io.LimitReader(r, maxTokenizer+1))
+	if err != nil {
+		f.Close()
+		return fmt.Errorf("tokenizer file %s: %w", name, err)
+	}
+	if n > maxTokenizer {
+		f.Close()
+		return permanent{fmt.Errorf("tokenizer file %s: larger than %d bytes", name, maxTokenizer)}
+	}
+	if sum := hex.EncodeToString(h.Sum(nil)); sum != m.TokenizerSHA256 {
+		f.Close()
+		return fmt.Errorf("tokenizer file %s: sha256 %s, the manifest says %s", name, sum, m.TokenizerSHA256)
+	}
+	if err := f.Chmod(0o644); err != nil {
+		f.Close()
+		return permanent{fmt.Errorf("tokenizer file: %w", err)}
+	}
+	if err := f.Close(); err != nil {
+		return permanent{fmt.Errorf("tokenizer file: %w", err)}
+	}
+	if err := os.Rename(tmp, filepath.Join(dir, name)); err != nil {
+		return permanent{fmt.Errorf("tokenizer file: %w", err)}
+	}
+	return nil
+}
