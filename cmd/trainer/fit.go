@@ -62,7 +62,7 @@ Runs that are unfinished or whose files are corrupt are reported and skipped.`,
 	fs.Float64Var(&f.lawDelta, "huber-delta-law", 0.1, "Huber δ on log residuals of the power laws through the optima")
 	fs.Float64Var(&f.ema, "ema", 0.95, "EMA factor for smoothing each run's ELBO")
 	fs.IntVar(&f.minSteps, "min-steps", 0, "leave out runs planned for fewer steps (the paper's fits keep runs of more than 5000)")
-	fs.StringVar(&f.loss, "loss", sweep.LossTrain, "each run's loss: train (its last EMA ELBO) or val (held-out ELBO of its final checkpoint, from `trainer sweep eval`)")
+	fs.StringVar(&f.loss, "loss", sweep.LossTrain, "each run's loss: train (its last EMA ELBO) or val (held-out ELBO of its final checkpoint, from trainer sweep eval)")
 	fs.Uint64Var(&f.seed, "seed", 1, "bootstrap seed")
 	fs.StringVar(&f.ratioAt, "ratio-at", "", "budgets for the uniform/masked loss ratio (default: the budgets fitted)")
 	root.AddCommand(cmd)
