@@ -3,6 +3,7 @@ package scaling
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -64,7 +65,7 @@ func ReadCurve(r io.Reader) ([]CurvePoint, error) {
 	for s, e := range last {
 		out = append(out, CurvePoint{s, e})
 	}
-	slices.SortFunc(out, func(a, b CurvePoint) int { return cmpF(float64(a.Step), float64(b.Step)) })
+	slices.SortFunc(out, func(a, b CurvePoint) int { return cmp.Compare(a.Step, b.Step) })
 	return out, nil
 }
 

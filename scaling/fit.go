@@ -1,6 +1,7 @@
 package scaling
 
 import (
+	"cmp"
 	"fmt"
 	"math"
 	"math/rand/v2"
@@ -148,21 +149,11 @@ func isoGroups(pts []Point) []Group {
 	}
 	var out []Group
 	for _, g := range gs {
-		slices.SortFunc(g.Points, func(a, b Point) int { return cmpF(a.M, b.M) })
+		slices.SortFunc(g.Points, func(a, b Point) int { return cmp.Compare(a.M, b.M) })
 		out = append(out, *g)
 	}
-	slices.SortFunc(out, func(a, b Group) int { return cmpF(a.C, b.C) })
+	slices.SortFunc(out, func(a, b Group) int { return cmp.Compare(a.C, b.C) })
 	return out
-}
-
-func cmpF(a, b float64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 func fitNoise(noise string, pts []Point, o FitOptions) *NoiseFit {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -219,18 +220,8 @@ func lossRatios(fits []*scaling.NoiseFit, pts []scaling.Point, at string) ([]rat
 	for _, c := range cs {
 		out = append(out, ratioRow{C: c, Ratio: scaling.Ratio(*u.LOpt, *m.LOpt, c)})
 	}
-	slices.SortFunc(out, func(a, b ratioRow) int { return cmpFloat(a.C, b.C) })
+	slices.SortFunc(out, func(a, b ratioRow) int { return cmp.Compare(a.C, b.C) })
 	return out, nil
-}
-
-func cmpFloat(a, b float64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 // printRuns lists the runs read from directories with their loss-curve fits.

@@ -256,8 +256,8 @@ func runSweepPlan(cmd *cobra.Command, f *sweepPlanFlags, dir string) error {
 		if err != nil {
 			return fmt.Errorf("sweep plan --data: %w", err)
 		}
-		vocab = cmp(vocab, man.Vocab)
-		p.SeqLen = cmp(p.SeqLen, man.SeqLen)
+		vocab = orData(vocab, man.Vocab)
+		p.SeqLen = orData(p.SeqLen, man.SeqLen)
 	}
 	if vocab <= 0 || p.SeqLen <= 0 {
 		return fmt.Errorf("sweep plan: need the vocabulary and sequence length: --data DIR, or --vocab and --seq-len")
@@ -324,7 +324,8 @@ func runSweepPlan(cmd *cobra.Command, f *sweepPlanFlags, dir string) error {
 	return nil
 }
 
-func cmp(flag, data int) int {
+// orData is the flag's value when set, else the dataset's.
+func orData(flag, data int) int {
 	if flag > 0 {
 		return flag
 	}
