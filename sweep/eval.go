@@ -72,49 +72,28 @@ func Eval(ctx context.Context, dir string, o EvalOptions) (evaluated, pending in
 			}
 		}
 	}
-	queue := make(chan scaling.Run)
 	var mu sync.Mutex
-	var failed []error
-	var wg sync.WaitGroup
-	for range max(o.Jobs, 1) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for r := range queue {
-				rd := RunDir(dir, r.Name)
-				res, err := o.Eval(ctx, rd, o.Spec)
-				if err == nil && res.Step != int64(r.Steps) {
-					err = fmt.Errorf("newest checkpoint is step %d, the run planned %d", res.Step, r.Steps)
-				}
-				if err == nil && !(res.Elbo > 0 && !math.IsInf(res.Elbo, 0)) {
-					err = fmt.Errorf("ELBO %g is not a positive finite loss", res.Elbo)
-				}
-				if err == nil {
-					var b []byte
-					b, _ = json.MarshalIndent(res, "", "  ")
-					err = writeFile(filepath.Join(rd, EvalFile), append(b, '\n'))
-				}
-				mu.Lock()
-				if err != nil {
-					failed = append(failed, fmt.Errorf("%s: %w", r.Name, err))
-				} else {
-					evaluated++
-					o.Log.Info("sweep eval", "run", r.Name, "step", res.Step, "elbo", res.Elbo)
-				}
-				mu.Unlock()
-			}
-		}()
-	}
-feed:
-	for _, r := range todo {
-		select {
-		case queue <- r:
-		case <-ctx.Done():
-			break feed
+	failed := each(ctx, o.Jobs, todo, func(r scaling.Run) error {
+		rd := RunDir(dir, r.Name)
+		res, err := o.Eval(ctx, rd, o.Spec)
+		if err == nil && res.Step != int64(r.Steps) {
+			err = fmt.Errorf("newest checkpoint is step %d, the run planned %d", res.Step, r.Steps)
 		}
-	}
-	close(queue)
-	wg.Wait()
+		if err == nil && !(res.Elbo > 0 && !math.IsInf(res.Elbo, 0)) {
+			err = fmt.Errorf("ELBO %g is not a positive finite loss", res.Elbo)
+		}
+		if err == nil {
+			b, _ := json.MarshalIndent(res, "", "  ")
+			err = writeFile(filepath.Join(rd, EvalFile), append(b, '\n'))
+		}
+		if err == nil {
+			mu.Lock()
+			evaluated++
+			mu.Unlock()
+			o.Log.Info("sweep eval", "run", r.Name, "step", res.Step, "elbo", res.Elbo)
+		}
+		return err
+	})
 	if err := ctx.Err(); err != nil {
 		return evaluated, pending, fmt.Errorf("sweep eval %s: stopped: %w", dir, err)
 	}

@@ -79,43 +79,22 @@ func Run(ctx context.Context, dir string, o RunOptions) error {
 			}
 		}()
 	}
-	queue := make(chan scaling.Run)
-	var mu sync.Mutex
-	var failed []string
-	var wg sync.WaitGroup
-	for range o.Jobs {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for r := range queue {
-				if err := runOne(ctx, dir, r, o); err != nil {
-					mu.Lock()
-					failed = append(failed, fmt.Sprintf("%s: %v", r.Name, err))
-					mu.Unlock()
-					o.Log.Error("sweep run failed", "run", r.Name, "err", err)
-				} else if o.Progress != nil {
-					fmt.Fprintln(o.Progress, Progress(dir, m))
-				}
-			}
-		}()
-	}
-feed:
-	for _, r := range todo {
-		select {
-		case queue <- r:
-		case <-ctx.Done():
-			break feed
+	failed := each(ctx, o.Jobs, todo, func(r scaling.Run) error {
+		err := runOne(ctx, dir, r, o)
+		if err != nil {
+			o.Log.Error("sweep run failed", "run", r.Name, "err", err)
+		} else if o.Progress != nil {
+			fmt.Fprintln(o.Progress, Progress(dir, m))
 		}
-	}
-	close(queue)
-	wg.Wait()
+		return err
+	})
 	close(stop)
 	pw.Wait()
 	if ctx.Err() != nil {
 		return fmt.Errorf("sweep %s: stopped (run it again to go on): %w", dir, ctx.Err())
 	}
 	if len(failed) > 0 {
-		return fmt.Errorf("sweep %s: %d runs failed: %s", dir, len(failed), strings.Join(failed, "; "))
+		return fmt.Errorf("sweep %s: %d runs failed: %w", dir, len(failed), errors.Join(failed...))
 	}
 	return nil
 }
@@ -234,4 +213,35 @@ func waitStale(ctx context.Context, runDir string) error {
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
+}
+
+// each calls fn for every run of todo, jobs at a time, until ctx ends, and
+// returns the failures, each prefixed with its run's name.
+func each(ctx context.Context, jobs int, todo []scaling.Run, fn func(scaling.Run) error) []error {
+	queue := make(chan scaling.Run)
+	var mu sync.Mutex
+	var failed []error
+	var wg sync.WaitGroup
+	for range max(jobs, 1) {
+		wg.Go(func() {
+			for r := range queue {
+				if err := fn(r); err != nil {
+					mu.Lock()
+					failed = append(failed, fmt.Errorf("%s: %w", r.Name, err))
+					mu.Unlock()
+				}
+			}
+		})
+	}
+feed:
+	for _, r := range todo {
+		select {
+		case queue <- r:
+		case <-ctx.Done():
+			break feed
+		}
+	}
+	close(queue)
+	wg.Wait()
+	return failed
 }
