@@ -19,6 +19,7 @@ package chaos
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -373,21 +374,6 @@ func (r *runner) partition() (Event, error) {
 	return ev, nil
 }
 
-// waitRing waits until one of slots records a step completed after since
-// in a ring of members members (exactly, or at least).
-func (r *runner) waitRing(slots []*slot, members int, exact bool, since time.Time, limit time.Duration) (time.Duration, error) {
-	deadline := time.Now().Add(limit)
-	for time.Now().Before(deadline) {
-		for _, s := range slots {
-			if t, ok := lastRec(s.dir); ok && t.Time.After(since) && (t.Members == members || !exact && t.Members > members) {
-				return t.Time.Sub(since), nil
-			}
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	return -1, fmt.Errorf("no step in a ring of %d within %v", members, limit)
-}
-
 // exited reports a node that stopped on its own: the run stopped.
 func (r *runner) exited() error {
 	for _, s := range r.slots {
@@ -404,16 +390,30 @@ func (r *runner) exited() error {
 // waitStep waits until one of slots records a step completed after since
 // (and at least step, if step >= 0), and returns how long after since.
 func (r *runner) waitStep(slots []*slot, step int64, since time.Time, limit time.Duration) (time.Duration, error) {
+	return waitFor(slots, since, limit, fmt.Sprintf("no step completed within %v", limit),
+		func(t tail) bool { return t.Step >= step })
+}
+
+// waitRing waits until one of slots records a step completed after since
+// in a ring of members members (exactly, or at least).
+func (r *runner) waitRing(slots []*slot, members int, exact bool, since time.Time, limit time.Duration) (time.Duration, error) {
+	return waitFor(slots, since, limit, fmt.Sprintf("no step in a ring of %d within %v", members, limit),
+		func(t tail) bool { return t.Members == members || !exact && t.Members > members })
+}
+
+// waitFor polls the newest record of each of slots until one completed
+// after since satisfies ok, and returns how long after since.
+func waitFor(slots []*slot, since time.Time, limit time.Duration, fail string, ok func(tail) bool) (time.Duration, error) {
 	deadline := time.Now().Add(limit)
 	for time.Now().Before(deadline) {
 		for _, s := range slots {
-			if t, st, ok := lastRecord(s.dir); ok && t.After(since) && st >= step {
-				return t.Sub(since), nil
+			if t, found := lastRec(s.dir); found && t.Time.After(since) && ok(t) {
+				return t.Time.Sub(since), nil
 			}
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	return -1, fmt.Errorf("no step completed within %v", limit)
+	return -1, errors.New(fail)
 }
 
 // addr returns an address for a member in namespace ns whose port is

@@ -225,7 +225,8 @@ func (c *Cluster) watchStall() {
 	t := time.NewTicker(period / 4)
 	defer t.Stop()
 	var last time.Time
-	reported := map[string]uint64{} // member -> generation it was reported in
+	var repGen uint64             // the generation reported holds members of
+	reported := map[string]bool{} // members reported silent in it
 	for {
 		select {
 		case <-c.stop:
@@ -242,6 +243,9 @@ func (c *Cluster) watchStall() {
 			continue
 		}
 		last = now
+		if repGen != cur.ID {
+			repGen, reported = cur.ID, map[string]bool{}
+		}
 		for _, name := range c.silent(cur, period) {
 			c.mu.Lock()
 			still := c.running && c.cur.ID == cur.ID
@@ -249,10 +253,10 @@ func (c *Cluster) watchStall() {
 			if !still {
 				break // the step ended or a new ring formed meanwhile
 			}
-			if reported[name] == cur.ID {
+			if reported[name] {
 				continue // once per generation; the coordinator acts on it
 			}
-			reported[name] = cur.ID
+			reported[name] = true
 			if coord, _ := c.coordinator(); coord == name {
 				c.suspect(name) // report to the next one at once
 			}
