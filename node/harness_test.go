@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -268,6 +269,10 @@ func sampleRanges(t *testing.T, dirs ...string) map[int64][][2]int64 {
 	t.Helper()
 	out := map[int64][][2]int64{}
 	seen := map[[4]int64]bool{}
+	// A node restarted in its run directory appears once per process:
+	// read each directory once, or Orphans counts its records twice and
+	// takes a step only it completed for one the whole ring did.
+	dirs = slices.Compact(slices.Sorted(slices.Values(dirs)))
 	orphan := orphanSteps(t, dirs)
 	for _, d := range dirs {
 		f, err := os.Open(filepath.Join(d, "samples.log"))
@@ -371,4 +376,42 @@ func textSource(t *testing.T) dataset.Source {
 	}
 	t.Cleanup(func() { l.Close() })
 	return l
+}
+
+// TestSampleRangesReadsEachDirOnce is the flake CI met in
+// TestRestartedJoinerRejoins: the restarted victim's run directory was
+// listed once per process, Orphans counted its lone record of a step three
+// times, took the step for one its whole three-member ring completed, and
+// the survivors' redo of it looked like a second training of its samples.
+func TestSampleRangesReadsEachDirOnce(t *testing.T) {
+	root := t.TempDir()
+	write := func(name string, recs []Record, samples string) string {
+		d := filepath.Join(root, name)
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		w, err := CreateRecords(filepath.Join(d, "metrics.jsonl"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range recs {
+			if err := w.Write(r); err != nil {
+				t.Fatal(err)
+			}
+		}
+		w.Close()
+		if err := os.WriteFile(filepath.Join(d, "samples.log"), []byte(samples), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return d
+	}
+	// Step 0 (record step 1), batch 6: generation 1 (three members) was
+	// completed by the victim only; generation 2 (the pair) redid it.
+	victim := write("victim", []Record{{Step: 1, Generation: 1, Members: 3}}, "0 4 6 1 2\n")
+	a := write("a", []Record{{Step: 1, Generation: 2, Members: 2}}, "0 0 2 1 0\n0 0 3 2 0\n")
+	b := write("b", []Record{{Step: 1, Generation: 2, Members: 2}}, "0 2 4 1 1\n0 3 6 2 1\n")
+	got := sampleRanges(t, a, b, victim, victim, victim)
+	if want := [][2]int64{{0, 3}, {3, 6}}; !slices.Equal(got[0], want) {
+		t.Fatalf("step 0 ranges %v, want %v (generation 1 is an orphan)", got[0], want)
+	}
 }
