@@ -527,6 +527,29 @@ func (l *grpcLink) drain(d time.Duration) {
 	}
 }
 
+// lends implements viewLink: a link gathered by a sendConn can be lent
+// views; one under gRPC's write buffer (transport security) cannot.
+func (l *grpcLink) lends() (<-chan struct{}, bool) {
+	if l.via == nil {
+		return nil, false
+	}
+	return l.via.dead, true
+}
+
+// abandon implements viewLink: the stream is cancelled and the connection
+// closed under the sendConn's lock, so nothing handed to Send is read
+// afterwards. The ClientConn is closed by whoever replaces or drops the
+// broken link (Dial, Retain, Close).
+func (l *grpcLink) abandon() {
+	l.broken.Store(true)
+	l.cancel()
+	if l.via != nil {
+		l.via.abandon()
+	}
+}
+
+func (l *grpcLink) isBroken() bool { return l.broken.Load() }
+
 func (l *grpcLink) close() {
 	l.broken.Store(true)
 	l.cancel()

@@ -2,6 +2,7 @@ package allreduce
 
 import (
 	"encoding/binary"
+	"errors"
 	"net"
 	"sync"
 
@@ -53,7 +54,14 @@ type sendConn struct {
 	tail    bool        // the last of bufs ends at the end of arena
 	pending int
 	err     error
+	dead    chan struct{} // closed when err is set: nothing is read anymore
 
+	holding bool // bufs is not empty (c.mu's copy of held)
+
+	// rel guards what was released while bytes were pending, apart from
+	// c.mu, which a blocked write holds.
+	rel    sync.Mutex
+	held   bool         // bytes are pending or being written
 	frames []*Frame     // released once bufs are written
 	parts  []mem.Buffer // likewise
 }
@@ -90,7 +98,35 @@ type msgState struct {
 // newSendConn wraps c; notPlain is called if what is written to it turns
 // out not to be HTTP/2 in the clear (the write then fails with errNotPlain).
 func newSendConn(c *net.TCPConn, notPlain func()) *sendConn {
-	return &sendConn{TCPConn: c, notPlain: notPlain, streams: make(map[uint32]*msgState), arena: make([]byte, 0, 4<<10)}
+	return &sendConn{TCPConn: c, notPlain: notPlain, streams: make(map[uint32]*msgState), arena: make([]byte, 0, 4<<10),
+		dead: make(chan struct{})}
+}
+
+// fail records the connection's error, with c.mu held: from then on Write
+// reads nothing it is given.
+func (c *sendConn) fail(err error) {
+	if c.err == nil {
+		c.err = err
+		close(c.dead)
+	}
+}
+
+// errAbandoned is what a sendConn answers once abandoned.
+var errAbandoned = errors.New("connection abandoned: the ring took its data back")
+
+// abandon closes the connection so that no byte handed to Write is read
+// afterwards, by this connection or the kernel: closing the socket wakes a
+// write blocked on a peer that does not read and waits for it to return,
+// and the lock then keeps Write from reading anything more. What was
+// pending is dropped and given back.
+func (c *sendConn) abandon() {
+	c.TCPConn.Close()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.fail(errAbandoned)
+	clear(c.bufs)
+	c.bufs, c.arena, c.tail, c.pending, c.holding = c.bufs[:0], c.arena[:0], false, 0, false
+	c.giveBack()
 }
 
 // Write implements net.Conn.
@@ -111,7 +147,7 @@ func (c *sendConn) Write(b []byte) (int, error) {
 				// record of its own. Fail; the link is dialed again
 				// with the buffer.
 				c.mode = connRaw
-				c.err = errNotPlain
+				c.fail(errNotPlain)
 				c.notPlain()
 				return 0, c.err
 			}
@@ -142,6 +178,7 @@ func (c *sendConn) Write(b []byte) (int, error) {
 			if c.typ == frameData {
 				c.scan(p)
 				if len(p) >= refMin {
+					c.hold()
 					c.bufs = append(c.bufs, p)
 					c.tail = false
 					c.pending += len(p)
@@ -171,6 +208,7 @@ func (c *sendConn) copyIn(p []byte) {
 	if len(p) == 0 {
 		return
 	}
+	c.hold()
 	at := len(c.arena)
 	if cap(c.arena)-at < len(p) {
 		// Earlier pieces keep the old array; start a new one.
@@ -243,12 +281,12 @@ func (c *sendConn) frameDone() error {
 func (c *sendConn) flush() error {
 	if len(c.bufs) > 0 {
 		bufs := c.bufs
-		wireWritten() // before the peer can read the bytes
+		wireWritten(bufs) // before the peer can read the bytes
 		_, err := bufs.WriteTo(c.TCPConn)
 		clear(c.bufs)
-		c.bufs, c.arena, c.tail, c.pending = c.bufs[:0], c.arena[:0], false, 0
+		c.bufs, c.arena, c.tail, c.pending, c.holding = c.bufs[:0], c.arena[:0], false, 0, false
 		if err != nil {
-			c.err = err
+			c.fail(err)
 			// The buffers are no longer read; they may go back.
 		}
 	}
@@ -256,7 +294,12 @@ func (c *sendConn) flush() error {
 	return c.err
 }
 
+// giveBack returns what was released while its bytes were pending; c.mu is
+// held and nothing is pending anymore.
 func (c *sendConn) giveBack() {
+	c.rel.Lock()
+	defer c.rel.Unlock()
+	c.held = false
 	for i, f := range c.frames {
 		f.Release()
 		c.frames[i] = nil
@@ -268,26 +311,41 @@ func (c *sendConn) giveBack() {
 	c.frames, c.parts = c.frames[:0], c.parts[:0]
 }
 
+// hold records, with c.mu held, that bytes are pending: buffers released
+// from now on wait for the next flush.
+func (c *sendConn) hold() {
+	if !c.holding {
+		c.holding = true
+		c.rel.Lock()
+		c.held = true
+		c.rel.Unlock()
+	}
+}
+
 // releaseFrame gives f back to its pool once nothing pending refers to it.
+// It does not wait for c.mu, which a write blocked on a peer that does not
+// read may hold indefinitely (gRPC frees a message from the sender's
+// goroutine when its stream fails).
 func (c *sendConn) releaseFrame(f *Frame) {
-	c.mu.Lock()
-	if len(c.bufs) > 0 && c.err == nil {
+	c.rel.Lock()
+	if c.held {
 		c.frames = append(c.frames, f)
-		c.mu.Unlock()
+		c.rel.Unlock()
 		return
 	}
-	c.mu.Unlock()
+	c.rel.Unlock()
 	f.Release()
 }
 
-// releasePart frees a receive buffer once nothing pending refers to it.
+// releasePart frees a receive buffer (or gives back a view) once nothing
+// pending refers to it.
 func (c *sendConn) releasePart(b mem.Buffer) {
-	c.mu.Lock()
-	if len(c.bufs) > 0 && c.err == nil {
+	c.rel.Lock()
+	if c.held {
 		c.parts = append(c.parts, b)
-		c.mu.Unlock()
+		c.rel.Unlock()
 		return
 	}
-	c.mu.Unlock()
+	c.rel.Unlock()
 	b.Free()
 }

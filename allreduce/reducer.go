@@ -166,6 +166,9 @@ type Reducer struct {
 	prog        progress
 	genID       uint64 // generation of the last Begin
 	psgd        *powerSGD
+	loans       views    // zero-copy sends in the link's hands (zerocopy.go)
+	sprefix     []int    // zero-copy sends before each of the first n hops
+	lent        viewLink // the link the last run lent views to, until settled
 
 	sent, recv, msgs, stale atomic.Uint64
 	aborts                  sync.WaitGroup
@@ -443,6 +446,7 @@ func (r *Reducer) run(ctx context.Context, gen Generation, step uint64, grad []f
 			r.setErr(err)
 			r.mu.Unlock()
 			r.abort(gen, step, uint32(i), err)
+			r.letGo()
 			return
 		}
 	}

@@ -137,6 +137,9 @@ type ring struct {
 	chunk       int // elements per message
 	left, right Peer
 	link        Link
+	// lend: codec none sends views of x over this link (zerocopy.go); the
+	// send of hop t < n, chunk c has index r.sprefix[t]+c.
+	lend viewLink
 }
 
 func mod(a, n int) int { return ((a % n) + n) % n }
@@ -197,6 +200,7 @@ func (r *Reducer) reduceRing(ctx context.Context, gen Generation, step uint64, b
 		return &PeerError{Peer: g.right, Op: "send", Err: err, rank: mod(g.rank+1, n), origin: g.rank}
 	}
 	g.link = link
+	g.lendTo(link)
 	hops := 2 * (n - 1)
 	r.prefix = r.prefix[:0]
 	sum := 0
@@ -207,6 +211,7 @@ func (r *Reducer) reduceRing(ctx context.Context, gen Generation, step uint64, b
 		}
 	}
 	r.prog.reset()
+	caller := ctx.Done()
 	ctx, cancel = context.WithCancel(ctx)
 	// While this member waits for its left neighbour, it tells its right one
 	// that it is alive, so that only the neighbour of a stalled member times
@@ -251,6 +256,11 @@ func (r *Reducer) reduceRing(ctx context.Context, gen Generation, step uint64, b
 	}
 	<-sent
 	r.prog.drain()
+	if r.prog.err == nil {
+		// x goes back to the caller only once the link no longer reads it;
+		// after a failure, run lets go of it (letGo).
+		r.settle(caller)
+	}
 	return r.prog.err
 }
 
@@ -281,7 +291,7 @@ func (g *ring) send(ctx context.Context) error {
 				rewrite(f.Buf, uint16(t), uint16(g.rank))
 			} else if err := r.prog.failed(); err != nil {
 				return err
-			} else {
+			} else if f = g.viewFrame(t, c, clo, chi); f == nil {
 				f = g.encode(t, c, clo, chi)
 			}
 			size := f.Len()
@@ -362,6 +372,14 @@ func (g *ring) receive(ctx context.Context) error {
 				f.Release()
 				return &PeerError{Peer: from, Op: "receive", rank: rank, origin: g.rank,
 					Err: fmt.Errorf("unexpected message %+v, want %+v", h, want)}
+			}
+			if t >= g.n-1 {
+				// The all-gather overwrites what this member sent n−1 hops
+				// before.
+				if err := g.before(ctx, t, c); err != nil {
+					f.Release()
+					return err
+				}
 			}
 			var feed []float32
 			if g.feed != nil && t < g.n-1 {

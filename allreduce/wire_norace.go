@@ -2,7 +2,9 @@
 
 package allreduce
 
-// wireWritten and wireRead tell the race detector what TCP orders (see
-// wire_race.go); without it they do nothing.
-func wireWritten() {}
-func wireRead()    {}
+import "net"
+
+// wireWritten and wireRead tell the race detector what TCP orders and what
+// writev(2) reads (see wire_race.go); without it they do nothing.
+func wireWritten(net.Buffers) {}
+func wireRead()               {}
