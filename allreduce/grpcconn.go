@@ -115,18 +115,28 @@ func (c *sendConn) fail(err error) {
 var errAbandoned = errors.New("connection abandoned: the ring took its data back")
 
 // abandon closes the connection so that no byte handed to Write is read
+// afterwards (see shut).
+func (c *sendConn) abandon() { c.shut(errAbandoned) }
+
+// Close implements net.Conn. gRPC closes the connection when its transport
+// fails (the peer died, say): the messages it still holds are then never
+// written, and the links' views count as given back at once.
+func (c *sendConn) Close() error { return c.shut(net.ErrClosed) }
+
+// shut closes the connection so that no byte handed to Write is read
 // afterwards, by this connection or the kernel: closing the socket wakes a
 // write blocked on a peer that does not read and waits for it to return,
-// and the lock then keeps Write from reading anything more. What was
-// pending is dropped and given back.
-func (c *sendConn) abandon() {
-	c.TCPConn.Close()
+// and err, set under the lock, then keeps Write from reading anything
+// more. What was pending is dropped and given back.
+func (c *sendConn) shut(err error) error {
+	cerr := c.TCPConn.Close()
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.fail(errAbandoned)
+	c.fail(err)
 	clear(c.bufs)
 	c.bufs, c.arena, c.tail, c.pending, c.holding = c.bufs[:0], c.arena[:0], false, 0, false
 	c.giveBack()
+	return cerr
 }
 
 // Write implements net.Conn.

@@ -256,46 +256,57 @@ func TestZeroCopyWaitsForSlowNeighbour(t *testing.T) {
 	}
 }
 
-// TestZeroCopySendConnAbandon: an abandoned sendConn drops and gives back
-// what it held, counts as dead, and reads nothing written afterwards.
+// TestZeroCopySendConnAbandon: an abandoned sendConn, or one that gRPC
+// closes (its transport failed), drops and gives back what it held, counts
+// as dead, and reads nothing written afterwards.
 func TestZeroCopySendConnAbandon(t *testing.T) {
-	cli, srv := tcpPair(t)
-	c := newSendConn(cli, func() { t.Error("plain HTTP/2 taken for transport security") })
-	sent := append([]byte(h2Preface), h2Frame(0, 4, 0, 0)...) // and SETTINGS: written at once
-	if _, err := c.Write(sent); err != nil {
-		t.Fatal(err)
-	}
-	var v views
-	v.reset(1, c.dead)
-	payload := make([]byte, 64<<10)
-	b := v.lend(0, payload)
-	// A DATA frame whose message does not end: its payload stays pending,
-	// by reference, and is given back (Free) as gRPC would.
-	frame := append(h2Frame(16384, frameData, 0, 1), 0, 0, 1, 0, 0)
-	if _, err := c.Write(frame); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := c.Write(payload[:16379]); err != nil {
-		t.Fatal(err)
-	}
-	c.releasePart(b)
-	if v.idle() {
-		t.Fatal("a view was given back while its bytes were pending")
-	}
-	c.abandon()
-	if !v.idle() {
-		t.Fatal("an abandoned connection did not give back what it held")
-	}
-	select {
-	case <-c.dead:
-	default:
-		t.Fatal("an abandoned connection is not marked dead")
-	}
-	if _, err := c.Write(payload[:100]); !errors.Is(err, errAbandoned) {
-		t.Fatalf("write after abandon: %v", err)
-	}
-	if got, _ := io.ReadAll(srv); !bytes.Equal(got, sent) {
-		t.Fatalf("the peer got %d bytes, want only the %d written before the pending frame", len(got), len(sent))
+	for _, how := range []string{"abandon", "close"} {
+		t.Run(how, func(t *testing.T) {
+			cli, srv := tcpPair(t)
+			c := newSendConn(cli, func() { t.Error("plain HTTP/2 taken for transport security") })
+			sent := append([]byte(h2Preface), h2Frame(0, 4, 0, 0)...) // and SETTINGS: written at once
+			if _, err := c.Write(sent); err != nil {
+				t.Fatal(err)
+			}
+			var v views
+			v.reset(1, c.dead)
+			payload := make([]byte, 64<<10)
+			b := v.lend(0, payload)
+			// A DATA frame whose message does not end: its payload stays
+			// pending, by reference, and is given back (Free) as gRPC would.
+			frame := append(h2Frame(16384, frameData, 0, 1), 0, 0, 1, 0, 0)
+			if _, err := c.Write(frame); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := c.Write(payload[:16379]); err != nil {
+				t.Fatal(err)
+			}
+			c.releasePart(b)
+			if v.idle() {
+				t.Fatal("a view was given back while its bytes were pending")
+			}
+			want := errAbandoned
+			if how == "abandon" {
+				c.abandon()
+			} else {
+				c.Close()
+				want = net.ErrClosed
+			}
+			if !v.idle() {
+				t.Fatal("the connection did not give back what it held")
+			}
+			select {
+			case <-c.dead:
+			default:
+				t.Fatal("the connection is not marked dead")
+			}
+			if _, err := c.Write(payload[:100]); !errors.Is(err, want) {
+				t.Fatalf("write afterwards: %v, want %v", err, want)
+			}
+			if got, _ := io.ReadAll(srv); !bytes.Equal(got, sent) {
+				t.Fatalf("the peer got %d bytes, want only the %d written before the pending frame", len(got), len(sent))
+			}
+		})
 	}
 }
 
