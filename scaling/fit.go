@@ -56,6 +56,30 @@ type Group struct {
 	Points   []Point   `json:"points"`
 	Parabola []float64 `json:"parabola,omitempty"`
 	Optimum  *Optimum  `json:"optimum,omitempty"`
+	// Fitted is how many of Points (adjacent in M) the parabola was fitted
+	// to: all of them unless FitOptions.IsoWindow chose fewer.
+	Fitted int `json:"fitted,omitempty"`
+}
+
+// FittedPoints returns the points of g the parabola is fitted to.
+func (g *Group) FittedPoints() []Point {
+	if g.Fitted <= 0 || g.Fitted >= len(g.Points) {
+		return g.Points
+	}
+	lo := window(g.Points, g.Fitted)
+	return g.Points[lo : lo+g.Fitted]
+}
+
+// window returns the first index of the k adjacent points (sorted by M)
+// centred, as far as the ends allow, on the one of lowest loss.
+func window(pts []Point, k int) int {
+	best := 0
+	for i, p := range pts {
+		if p.Loss < pts[best].Loss {
+			best = i
+		}
+	}
+	return max(0, min(best-(k-1)/2, len(pts)-k))
 }
 
 // Surface is L(M, D) = A·M^−Alpha + B·D^−Beta + E with 95% bootstrap
@@ -103,13 +127,21 @@ type FitOptions struct {
 	// fit whose minimum is flat and whose answer depends on where the
 	// optimizer stops; 0.1 (10% in y) only stops gross outliers.
 	LawDelta float64
-	Seed     uint64
+	// IsoWindow, when above 2, fits each budget's parabola to that many
+	// adjacent sizes around its best run instead of to all of them: one
+	// parabola in ln M cannot follow a curve that is flat on one side of
+	// its minimum and steep on the other over a wide ladder. 0 uses all.
+	IsoWindow int
+	Seed      uint64
 }
 
 // Fit fits every noise type among pts, sorted by name.
 func Fit(pts []Point, o FitOptions) ([]*NoiseFit, error) {
 	if !(o.Delta > 0) || !(o.LawDelta > 0) {
 		return nil, fmt.Errorf("fit: Huber deltas %g and %g, must be positive", o.Delta, o.LawDelta)
+	}
+	if o.IsoWindow != 0 && o.IsoWindow < 3 {
+		return nil, fmt.Errorf("fit: iso-FLOP window %d: a parabola needs at least 3 sizes (0 uses all)", o.IsoWindow)
 	}
 	by := map[string][]Point{}
 	for _, p := range pts {
@@ -161,16 +193,20 @@ func fitNoise(noise string, pts []Point, o FitOptions) *NoiseFit {
 	var opt []Optimum
 	for i := range nf.Groups {
 		g := &nf.Groups[i]
-		par, op, why := isoFLOP(g.C, g.Points)
+		g.Fitted = len(g.Points)
+		if o.IsoWindow > 2 {
+			g.Fitted = min(o.IsoWindow, len(g.Points))
+		}
+		par, op, why := isoFLOP(g.C, g.FittedPoints())
 		if why != "" {
 			nf.Notes = append(nf.Notes, fmt.Sprintf("C=%s: %s", groupKey(g.C), why))
 			continue
 		}
 		g.Parabola, g.Optimum = par, &op
 		opt = append(opt, op)
-		if op.Outside {
-			nf.Notes = append(nf.Notes, fmt.Sprintf("C=%s: the minimum M=%.3g lies outside the sizes run (%.3g to %.3g): an extrapolation",
-				groupKey(g.C), op.M, g.Points[0].M, g.Points[len(g.Points)-1].M))
+		if fp := g.FittedPoints(); op.Outside {
+			nf.Notes = append(nf.Notes, fmt.Sprintf("C=%s: the minimum M=%.3g lies outside the sizes fitted (%.3g to %.3g): an extrapolation",
+				groupKey(g.C), op.M, fp[0].M, fp[len(fp)-1].M))
 		}
 	}
 	if len(opt) >= 2 {
@@ -232,7 +268,7 @@ func isoFLOP(c float64, pts []Point) ([]float64, Optimum, string) {
 	u := -b / (2 * a)
 	lo, hi := slices.Min(xs)-mean, slices.Max(xs)-mean
 	if span := hi - lo; u < lo-span/2 || u > hi+span/2 {
-		return nil, Optimum{}, fmt.Sprintf("the minimum M=%.3g lies far outside the sizes run (%.3g to %.3g)", math.Exp(u+mean), math.Exp(lo+mean), math.Exp(hi+mean))
+		return nil, Optimum{}, fmt.Sprintf("the minimum M=%.3g lies far outside the sizes fitted (%.3g to %.3g)", math.Exp(u+mean), math.Exp(lo+mean), math.Exp(hi+mean))
 	}
 	m := math.Exp(u + mean)
 	// Coefficients in x = ln M, uncentred, for drawing.
@@ -369,9 +405,10 @@ func bootstrapLaws(nf *NoiseFit, o FitOptions) int {
 			if g.Optimum == nil {
 				continue
 			}
-			s := make([]Point, len(g.Points))
+			pts := g.FittedPoints()
+			s := make([]Point, len(pts))
 			for i := range s {
-				s[i] = g.Points[rng.IntN(len(g.Points))]
+				s[i] = pts[rng.IntN(len(pts))]
 			}
 			if _, op, why := isoFLOP(g.C, s); why == "" {
 				opt = append(opt, op)

@@ -3,6 +3,7 @@ package scaling
 import (
 	"math"
 	"math/rand/v2"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -165,5 +166,55 @@ func TestIsoFLOPOutside(t *testing.T) {
 	fits, err := Fit(curve(1e11, 4e3), FitOptions{Delta: 1e-3, LawDelta: 0.1})
 	if err != nil || len(fits[0].Notes) == 0 || !strings.Contains(fits[0].Notes[0], "extrapolation") {
 		t.Errorf("no note of the extrapolated minimum: %v %v", fits[0].Notes, err)
+	}
+}
+
+// TestIsoWindow: over a wide ladder, a curve flat below its minimum and
+// steep above it pulls one parabola through all sizes far from the
+// minimum; fitted to the 5 sizes around the best run, it lands near it.
+func TestIsoWindow(t *testing.T) {
+	const mstar = 1e5
+	var pts []Point
+	for k := range 11 {
+		m := 2e3 * math.Exp(0.6*float64(k))
+		u := math.Log(m / mstar)
+		w := 0.01
+		if u > 0 {
+			w = 0.05
+		}
+		pts = append(pts, Point{Noise: "uniform", M: m, D: 1e12 / m, C: 1e12, Loss: 3 * math.Exp(w*u*u)})
+	}
+	miss := func(o FitOptions) (float64, *Group) {
+		o.Delta, o.LawDelta = 1e-3, 0.1
+		fits, err := Fit(pts, o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		g := &fits[0].Groups[0]
+		if g.Optimum == nil {
+			return math.Inf(1), g
+		}
+		return math.Abs(math.Log(g.Optimum.M / mstar)), g
+	}
+	all, _ := miss(FitOptions{})
+	win, g := miss(FitOptions{IsoWindow: 5})
+	if fp := g.FittedPoints(); len(fp) != 5 || g.Fitted != 5 || !slices.ContainsFunc(fp, func(p Point) bool { return math.Abs(p.M/mstar-1) < 0.3 }) {
+		t.Fatalf("window of 5 fitted %d points %v", len(fp), fp)
+	}
+	if !(win < math.Log(1.6)) || !(all > 2*win) {
+		t.Errorf("ln(M*/true) off by %.3f with the window, %.3f with all sizes: want the window within ln 1.6 and all sizes twice as far", win, all)
+	}
+	if _, err := Fit(pts, FitOptions{Delta: 1e-3, LawDelta: 0.1, IsoWindow: 2}); err == nil {
+		t.Error("a window of 2 sizes accepted")
+	}
+	for _, c := range []struct{ best, k, n, want int }{{0, 3, 7, 0}, {6, 3, 7, 4}, {3, 5, 7, 1}, {3, 4, 7, 2}, {1, 5, 5, 0}} {
+		p := make([]Point, c.n)
+		for i := range p {
+			p[i].Loss = 2
+		}
+		p[c.best].Loss = 1
+		if got := window(p, c.k); got != c.want {
+			t.Errorf("window(best %d, k %d, n %d) starts at %d, want %d", c.best, c.k, c.n, got, c.want)
+		}
 	}
 }

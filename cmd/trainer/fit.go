@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 
@@ -31,6 +32,7 @@ type fitFlags struct {
 	delta, lawDelta     float64
 	ema                 float64
 	seed                uint64
+	isoWindow           int
 }
 
 func init() {
@@ -64,6 +66,7 @@ Runs that are unfinished or whose files are corrupt are reported and skipped.`,
 	fs.Float64Var(&f.ema, "ema", 0.95, "EMA factor for smoothing each run's ELBO")
 	fs.IntVar(&f.minSteps, "min-steps", 0, "leave out runs planned for fewer steps (the paper's fits keep runs of more than 5000)")
 	fs.StringVar(&f.loss, "loss", sweep.LossTrain, "each run's loss: train (its last EMA ELBO) or val (held-out ELBO of its final checkpoint, from trainer sweep eval)")
+	fs.IntVar(&f.isoWindow, "iso-window", 0, "fit each budget's parabola to this many adjacent sizes around its best run (at least 3; 0: all sizes)")
 	fs.Uint64Var(&f.seed, "seed", 1, "bootstrap seed")
 	fs.StringVar(&f.ratioAt, "ratio-at", "", "budgets for the uniform/masked loss ratio (default: the budgets fitted)")
 	root.AddCommand(cmd)
@@ -106,7 +109,7 @@ func runFit(w io.Writer, f *fitFlags, args []string) error {
 			return fmt.Errorf("fit: no finished runs among %s", strings.Join(args, " "))
 		}
 	}
-	fits, err := scaling.Fit(pts, scaling.FitOptions{Bootstrap: f.bootstrap, SurfaceBootstrap: f.surfBoot, Delta: f.delta, LawDelta: f.lawDelta, Seed: f.seed})
+	fits, err := scaling.Fit(pts, scaling.FitOptions{Bootstrap: f.bootstrap, SurfaceBootstrap: f.surfBoot, Delta: f.delta, LawDelta: f.lawDelta, IsoWindow: f.isoWindow, Seed: f.seed})
 	if err != nil {
 		return err
 	}
@@ -263,9 +266,13 @@ func printFit(w io.Writer, fits []*scaling.NoiseFit, ratios []ratioRow) {
 			if o := g.Optimum; o != nil {
 				out := ""
 				if o.Outside {
-					out = "outside the sizes run"
+					out = "outside the sizes fitted"
 				}
-				fmt.Fprintf(tw, "%s\t%.3g\t%d\t%.4g\t%.4g\t%.4f\t%s\n", nf.Noise, g.C, len(g.Points), o.M, o.D, o.Loss, out)
+				sizes := strconv.Itoa(len(g.Points))
+				if n := len(g.FittedPoints()); n < len(g.Points) {
+					sizes = fmt.Sprintf("%d of %d", n, len(g.Points))
+				}
+				fmt.Fprintf(tw, "%s\t%.3g\t%s\t%.4g\t%.4g\t%.4f\t%s\n", nf.Noise, g.C, sizes, o.M, o.D, o.Loss, out)
 			}
 		}
 	}
@@ -354,7 +361,8 @@ func fitPlots(out string, fits []*scaling.NoiseFit, runs []sweep.Result) error {
 			p.Add(s)
 			p.Legend.Add("C="+scaling.FormatFLOPs(g.C), s)
 			if g.Parabola != nil {
-				lo, hi := math.Log(g.Points[0].M), math.Log(g.Points[len(g.Points)-1].M)
+				fp := g.FittedPoints()
+				lo, hi := math.Log(fp[0].M), math.Log(fp[len(fp)-1].M)
 				var line plotter.XYs
 				for k := range 41 {
 					x := lo + (hi-lo)*float64(k)/40
