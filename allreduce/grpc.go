@@ -427,6 +427,9 @@ func (t *GRPCTransport) open(ctx context.Context, addr string, gather bool) (*gr
 	var via *sendConn
 	if err == nil && !interrupted && gather {
 		// The stream runs on the connection with its local address.
+		// st.Context() also commits the stream's attempt: gRPC cannot
+		// retry it transparently on another connection, so the views
+		// lent to via are read by via alone. Keep this call here.
 		if p, ok := peer.FromContext(st.Context()); ok && p.LocalAddr != nil {
 			mu.Lock()
 			for _, c := range conns {

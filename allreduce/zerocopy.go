@@ -62,6 +62,7 @@ type views struct {
 	lent  []bool // per send index: handed to the link
 	back  []bool // per send index: given back
 	out   int    // lent and not given back
+	lends uint64 // views lent over the life of the link (tests)
 	dead  <-chan struct{}
 }
 
@@ -87,6 +88,7 @@ func (v *views) lend(i int, p []byte) mem.Buffer {
 	v.mu.Lock()
 	v.lent[i] = true
 	v.out++
+	v.lends++
 	rel := &viewBack{v: v, epoch: v.epoch, i: i}
 	v.mu.Unlock()
 	return mem.NewBuffer(&p, rel)

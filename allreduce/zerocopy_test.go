@@ -172,7 +172,7 @@ func TestZeroCopyFailureTakesViewsBack(t *testing.T) {
 	if errs[0] == nil || errs[1] == nil {
 		t.Fatalf("a step whose link froze succeeded: %v, %v", errs[0], errs[1])
 	}
-	if c.rs[0].loans.epoch == 0 {
+	if c.rs[0].loans.lends == 0 {
 		t.Fatal("member 0 lent no views: the test tests nothing")
 	}
 	g.open()
@@ -246,7 +246,7 @@ func TestZeroCopyWaitsForSlowNeighbour(t *testing.T) {
 	if early {
 		t.Log("member 0 returned before the gate opened: its views all fit in the socket buffers")
 	}
-	if c.rs[0].loans.epoch == 0 {
+	if c.rs[0].loans.lends == 0 {
 		t.Fatal("member 0 lent no views: the test tests nothing")
 	}
 	for i := range want {
@@ -292,8 +292,8 @@ func TestZeroCopySendConnAbandon(t *testing.T) {
 				c.Close()
 				want = net.ErrClosed
 			}
-			if !v.idle() {
-				t.Fatal("the connection did not give back what it held")
+			if !v.idle() || v.out != 0 || !v.back[0] {
+				t.Fatalf("the connection did not give back what it held: %d out, given back %v", v.out, v.back)
 			}
 			select {
 			case <-c.dead:
@@ -351,6 +351,11 @@ func TestSendConnReleaseDoesNotWaitForABlockedWrite(t *testing.T) {
 	}()
 	// Wait until a flush is under way and blocked: c.mu stays taken.
 	for {
+		select {
+		case err := <-wrote:
+			t.Fatalf("the writer ended (%v) before its flush blocked", err)
+		default:
+		}
 		if !c.mu.TryLock() {
 			time.Sleep(50 * time.Millisecond)
 			if !c.mu.TryLock() {
