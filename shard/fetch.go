@@ -96,37 +96,49 @@ func HaveShard(dir string, s Info) bool {
 // saveVerified copies r to dir/s.Name through a temporary file, checking the
 // size and sha256 against s before renaming it into place.
 func saveVerified(r io.Reader, dir string, s Info) error {
-	dst := filepath.Join(dir, s.Name)
-	f, err := os.CreateTemp(dir, "."+s.Name+".tmp-*")
+	return saveChecked(r, dir, "shard", s.Name, s.SHA256, s.Bytes, s.Bytes)
+}
+
+// saveChecked copies r to dir/name through a temporary file and renames it
+// into place only if it is what the manifest says: sha256 sum and size
+// bytes, or any size up to limit when size is negative. what names the
+// file in errors.
+func saveChecked(r io.Reader, dir, what, name, sum string, size, limit int64) error {
+	dst := filepath.Join(dir, name)
+	f, err := os.CreateTemp(dir, "."+name+".tmp-*")
 	if err != nil {
-		return permanent{fmt.Errorf("shard %s: %w", dst, err)}
+		return permanent{fmt.Errorf("%s %s: %w", what, dst, err)}
 	}
 	tmp := f.Name()
 	defer os.Remove(tmp) // a no-op after the rename
 	h := sha256.New()
-	n, err := io.Copy(io.MultiWriter(f, h), io.LimitReader(r, s.Bytes+1))
+	n, err := io.Copy(io.MultiWriter(f, h), io.LimitReader(r, limit+1))
 	if err != nil {
 		f.Close()
-		return fmt.Errorf("shard %s: download: %w", s.Name, err)
+		return fmt.Errorf("%s %s: download: %w", what, name, err)
 	}
-	if sum := hex.EncodeToString(h.Sum(nil)); n != s.Bytes || sum != s.SHA256 {
+	if got := hex.EncodeToString(h.Sum(nil)); n > limit || size >= 0 && n != size || got != sum {
 		f.Close()
-		return fmt.Errorf("shard %s: checksum mismatch: got %d bytes with sha256 %s, manifest says %d bytes with %s",
-			s.Name, n, sum, s.Bytes, s.SHA256)
+		if size < 0 {
+			return fmt.Errorf("%s %s: checksum mismatch: got %d bytes (at most %d taken) with sha256 %s, manifest says sha256 %s",
+				what, name, n, limit, got, sum)
+		}
+		return fmt.Errorf("%s %s: checksum mismatch: got %d bytes with sha256 %s, manifest says %d bytes with %s",
+			what, name, n, got, size, sum)
 	}
 	if err := f.Chmod(0o644); err != nil {
 		f.Close()
-		return permanent{fmt.Errorf("shard %s: %w", dst, err)}
+		return permanent{fmt.Errorf("%s %s: %w", what, dst, err)}
 	}
 	if err := f.Sync(); err != nil {
 		f.Close()
-		return permanent{fmt.Errorf("shard %s: %w", dst, err)}
+		return permanent{fmt.Errorf("%s %s: %w", what, dst, err)}
 	}
 	if err := f.Close(); err != nil {
-		return permanent{fmt.Errorf("shard %s: %w", dst, err)}
+		return permanent{fmt.Errorf("%s %s: %w", what, dst, err)}
 	}
 	if err := os.Rename(tmp, dst); err != nil {
-		return permanent{fmt.Errorf("shard %s: %w", dst, err)}
+		return permanent{fmt.Errorf("%s %s: %w", what, dst, err)}
 	}
 	return syncDir(dir)
 }

@@ -2,8 +2,6 @@ package shard
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
 	"io"
 	"os"
@@ -124,38 +122,8 @@ func (h *HTTP) FetchTokenizer(ctx context.Context, m *Manifest, dir string) erro
 	})
 }
 
-// saveTokenizer copies r to dir/name through a temporary file, renaming it
-// into place only when its sha256 is the manifest's.
+// saveTokenizer copies r to dir/name, renaming it into place only when its
+// sha256 is the manifest's.
 func saveTokenizer(r io.Reader, m *Manifest, name, dir string) error {
-	f, err := os.CreateTemp(dir, "."+name+".tmp-*")
-	if err != nil {
-		return permanent{fmt.Errorf("tokenizer file: %w", err)}
-	}
-	tmp := f.Name()
-	defer os.Remove(tmp) // a no-op after the rename
-	h := sha256.New()
-	n, err := io.Copy(io.MultiWriter(f, h), io.LimitReader(r, maxTokenizer+1))
-	if err != nil {
-		f.Close()
-		return fmt.Errorf("tokenizer file %s: %w", name, err)
-	}
-	if n > maxTokenizer {
-		f.Close()
-		return permanent{fmt.Errorf("tokenizer file %s: larger than %d bytes", name, maxTokenizer)}
-	}
-	if sum := hex.EncodeToString(h.Sum(nil)); sum != m.TokenizerSHA256 {
-		f.Close()
-		return fmt.Errorf("tokenizer file %s: sha256 %s, the manifest says %s", name, sum, m.TokenizerSHA256)
-	}
-	if err := f.Chmod(0o644); err != nil {
-		f.Close()
-		return permanent{fmt.Errorf("tokenizer file: %w", err)}
-	}
-	if err := f.Close(); err != nil {
-		return permanent{fmt.Errorf("tokenizer file: %w", err)}
-	}
-	if err := os.Rename(tmp, filepath.Join(dir, name)); err != nil {
-		return permanent{fmt.Errorf("tokenizer file: %w", err)}
-	}
-	return nil
+	return saveChecked(r, dir, "tokenizer file", name, m.TokenizerSHA256, -1, maxTokenizer)
 }
