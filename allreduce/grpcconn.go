@@ -56,8 +56,6 @@ type sendConn struct {
 	err     error
 	dead    chan struct{} // closed when err is set: nothing is read anymore
 
-	holding bool // bufs is not empty (c.mu's copy of held)
-
 	// rel guards what was released while bytes were pending, apart from
 	// c.mu, which a blocked write holds.
 	rel    sync.Mutex
@@ -134,7 +132,7 @@ func (c *sendConn) shut(err error) error {
 	defer c.mu.Unlock()
 	c.fail(err)
 	clear(c.bufs)
-	c.bufs, c.arena, c.tail, c.pending, c.holding = c.bufs[:0], c.arena[:0], false, 0, false
+	c.bufs, c.arena, c.tail, c.pending = c.bufs[:0], c.arena[:0], false, 0
 	c.giveBack()
 	return cerr
 }
@@ -294,7 +292,7 @@ func (c *sendConn) flush() error {
 		wireWritten(bufs) // before the peer can read the bytes
 		_, err := bufs.WriteTo(c.TCPConn)
 		clear(c.bufs)
-		c.bufs, c.arena, c.tail, c.pending, c.holding = c.bufs[:0], c.arena[:0], false, 0, false
+		c.bufs, c.arena, c.tail, c.pending = c.bufs[:0], c.arena[:0], false, 0
 		if err != nil {
 			c.fail(err)
 			// The buffers are no longer read; they may go back.
@@ -321,11 +319,10 @@ func (c *sendConn) giveBack() {
 	c.frames, c.parts = c.frames[:0], c.parts[:0]
 }
 
-// hold records, with c.mu held, that bytes are pending: buffers released
-// from now on wait for the next flush.
+// hold records, with c.mu held and before bytes are added to bufs, that
+// bytes are pending: buffers released from now on wait for the next flush.
 func (c *sendConn) hold() {
-	if !c.holding {
-		c.holding = true
+	if len(c.bufs) == 0 {
 		c.rel.Lock()
 		c.held = true
 		c.rel.Unlock()
