@@ -1,6 +1,7 @@
 package dataset
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -155,16 +156,9 @@ func CheckpointTokenizer(name string, file []byte, sum, dir string) (Tokenizer, 
 		return nil, err
 	}
 	if sum != "" && m.TokenizerSHA256 != sum || t.Name() != name {
-		return nil, fmt.Errorf("dataset %s has tokenizer %s (sha256 %s), the checkpoint was trained with %s (sha256 %s)", dir, t.Name(), m.TokenizerSHA256, name, orNone(sum))
+		return nil, fmt.Errorf("dataset %s has tokenizer %s (sha256 %s), the checkpoint was trained with %s (sha256 %s)", dir, t.Name(), m.TokenizerSHA256, name, cmp.Or(sum, "not recorded"))
 	}
 	return t, nil
-}
-
-func orNone(s string) string {
-	if s == "" {
-		return "not recorded"
-	}
-	return s
 }
 
 // fetchTokenizer copies the dataset's tokenizer file into a cache of a

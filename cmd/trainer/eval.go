@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -145,20 +146,13 @@ func evalTokenizer(st *checkpoint.State, src *dataset.Loader) (dataset.Tokenizer
 	m := src.Manifest()
 	if m.Tokenizer != st.Tokenizer || st.TokenizerSHA256 != "" && m.TokenizerSHA256 != st.TokenizerSHA256 {
 		return nil, fmt.Errorf("eval: the dataset has tokenizer %s (sha256 %s), checkpoint %s was trained with %s (sha256 %s): its token ids mean other text",
-			m.Tokenizer, orNone(m.TokenizerSHA256), st.Dir, st.Tokenizer, orNone(st.TokenizerSHA256))
+			m.Tokenizer, cmp.Or(m.TokenizerSHA256, "none"), st.Dir, st.Tokenizer, cmp.Or(st.TokenizerSHA256, "none"))
 	}
 	tok, err := src.Tokenizer()
 	if err != nil {
 		return nil, fmt.Errorf("eval: %w", err)
 	}
 	return tok, nil
-}
-
-func orNone(s string) string {
-	if s == "" {
-		return "none"
-	}
-	return s
 }
 
 // textBytes returns the tokens and the bytes of the text that positions
