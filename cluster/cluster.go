@@ -507,24 +507,31 @@ func (c *Cluster) regossip() {
 }
 
 // gossipMeta re-announces the metadata after state changes. A change of
-// State (joining to ready, above all) is also pushed to every peer
-// directly: see pushState.
+// State (joining to ready, above all) or of the dataset served (joiners
+// without data wait for it) is also pushed to every peer directly: see
+// pushState.
 func (c *Cluster) gossipMeta() {
 	defer c.wg.Done()
 	var pushed State
+	var pushedData string
 	for {
 		select {
 		case <-c.stop:
 			return
 		case <-c.metaCh:
+			// Read what to push before UpdateNode takes the metadata: a
+			// change made while UpdateNode waits for its broadcast is
+			// then pushed on the next turn, with metadata that holds it.
+			// (Read after, such a change was taken as pushed while the
+			// push carried the metadata from before it.)
+			c.mu.Lock()
+			st, data := c.state, c.cfg.Data
+			c.mu.Unlock()
 			if err := c.ml.UpdateNode(c.cfg.Timing.RPCTimeout); err != nil {
 				c.log.Debug("gossip metadata", "err", err)
 			}
-			c.mu.Lock()
-			st := c.state
-			c.mu.Unlock()
-			if st != pushed {
-				pushed = st
+			if st != pushed || data != pushedData {
+				pushed, pushedData = st, data
 				c.pushState()
 			}
 		}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"slices"
 	"strconv"
 	"testing"
 	"time"
@@ -273,6 +274,33 @@ func TestReadyReachesCoordinatorWithoutGossip(t *testing.T) {
 	start := time.Now()
 	agree(t, 5*time.Second, seed, joiner)
 	t.Logf("admitted %v after it was ready, its gossip lost", time.Since(start).Round(time.Millisecond))
+}
+
+// TestDataReachesPeersWithoutGossip: a member's shard announcement is
+// pushed to its peers, as a change of state is. Joiners without data wait
+// for it; with gossip alone a lost update waited for the next push-pull
+// (30 s by default, an hour here).
+func TestDataReachesPeersWithoutGossip(t *testing.T) {
+	h := newHarness(t, nil)
+	rare := func(c *Config) { c.Timing.PushPullInterval = time.Hour }
+	server := h.start("a", func(c *Config) {
+		rare(c)
+		inner := c.WrapTransport
+		c.WrapTransport = func(tr memberlist.NodeAwareTransport) memberlist.NodeAwareTransport {
+			return udpLost{inner(tr)}
+		}
+	})
+	other := h.start("b", rare)
+	agree(t, settle, server, other)
+	server.c.SetData("shards")
+	start := time.Now()
+	for !slices.ContainsFunc(other.c.Members(), func(m MemberInfo) bool { return m.Name == server.c.Name() && m.Data != "" }) {
+		if time.Since(start) > 5*time.Second {
+			t.Fatal("the shard announcement did not reach the other member in 5 s")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Logf("announcement arrived after %v, its gossip lost", time.Since(start).Round(time.Millisecond))
 }
 
 // udpLost loses every UDP packet its member sends.

@@ -135,15 +135,30 @@ func testData(t *testing.T) string {
 	return dataDir
 }
 
+// handedOut holds the ports freeAddr has returned in this test binary.
+var handedOut = struct {
+	sync.Mutex
+	ports map[int]bool
+}{ports: map[int]bool{}}
+
 // freeAddr returns an address on 127.0.0.1 whose port is free for both TCP
 // and UDP (gossip binds both). It picks below Linux's ephemeral range
 // (32768 and up): a port the kernel hands out for ":0" can be taken by any
 // outgoing connection between this check and the child's bind, which made
-// a child fail with "address already in use" now and then.
+// a child fail with "address already in use" now and then. It never hands
+// out a port twice: two draws of the same free port (a node's gossip and
+// gRPC ports, or two nodes') made the second bind fail, as in a CI run of
+// TestKillCoordinator where the seed's gRPC server held its gossip port.
 func freeAddr(t *testing.T) string {
 	t.Helper()
+	handedOut.Lock()
+	defer handedOut.Unlock()
 	for range 200 {
-		addr := fmt.Sprintf("127.0.0.1:%d", 20000+rand.IntN(12000))
+		port := 20000 + rand.IntN(12000)
+		if handedOut.ports[port] {
+			continue
+		}
+		addr := fmt.Sprintf("127.0.0.1:%d", port)
 		l, err := net.Listen("tcp", addr)
 		if err != nil {
 			continue
@@ -154,6 +169,7 @@ func freeAddr(t *testing.T) string {
 			continue
 		}
 		u.Close()
+		handedOut.ports[port] = true
 		return addr
 	}
 	t.Fatal("no free port for both TCP and UDP in 20000-31999")
@@ -413,5 +429,18 @@ func TestSampleRangesReadsEachDirOnce(t *testing.T) {
 	got := sampleRanges(t, a, b, victim, victim, victim)
 	if want := [][2]int64{{0, 3}, {3, 6}}; !slices.Equal(got[0], want) {
 		t.Fatalf("step 0 ranges %v, want %v (generation 1 is an orphan)", got[0], want)
+	}
+}
+
+// TestFreeAddrNeverRepeats: 1,000 draws from 12,000 ports repeat one with
+// near certainty unless freeAddr remembers what it handed out.
+func TestFreeAddrNeverRepeats(t *testing.T) {
+	seen := map[string]bool{}
+	for range 1000 {
+		a := freeAddr(t)
+		if seen[a] {
+			t.Fatalf("freeAddr handed out %s twice", a)
+		}
+		seen[a] = true
 	}
 }

@@ -50,3 +50,40 @@ func runNodeIn(t *testing.T, runDir string, steps int, name string, seeds []stri
 	defer cancel()
 	return Run(ctx, o)
 }
+
+// TestJoinerWaitsForShardAnnouncement is the CI failure of
+// TestThreeNodesMatchOneProcess: a joiner without data learned the run's
+// configuration from the seed before the seed's shard announcement reached
+// it, and exited at once with "no dataset". The seed announces its shards
+// only once they are all in place, after it serves the configuration; the
+// joiner now waits for the announcement.
+func TestJoinerWaitsForShardAnnouncement(t *testing.T) {
+	announceDelay = 2 * time.Second
+	t.Cleanup(func() { announceDelay = 0 })
+	dir := t.TempDir()
+	gossip := make(chan string, 1)
+	seedErr := make(chan error, 1)
+	go func() {
+		seedErr <- runNodeIn(t, filepath.Join(dir, "n0"), 10, "n0", nil, func(o *Options) {
+			o.Cluster.MinNodes = 2
+			gossip <- net.JoinHostPort(o.Cluster.BindAddr, strconv.Itoa(o.Cluster.BindPort))
+		})
+	}()
+	err := runNodeIn(t, filepath.Join(dir, "n1"), 10, "n1", []string{<-gossip}, func(o *Options) {
+		o.Data.Dir, o.Cluster.Data = "", ""
+		o.Data.CacheDir = filepath.Join(dir, "n1", "cache")
+	})
+	if err != nil {
+		t.Fatalf("joiner: %v", err)
+	}
+	if err := <-seedErr; err != nil {
+		t.Fatalf("seed: %v", err)
+	}
+	recs, err := ReadRecordsFile(filepath.Join(dir, "n1", "metrics.jsonl"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(recs) == 0 || recs[len(recs)-1].Step != 10 || recs[len(recs)-1].Members != 2 {
+		t.Fatalf("joiner's records end with %+v, want step 10 with 2 members", recs[max(0, len(recs)-1):])
+	}
+}

@@ -350,7 +350,7 @@ func (n *Node) adopt(ctx context.Context, gen cluster.Generation) error {
 			return fmt.Errorf("state from %s: config: %w", name, err)
 		}
 		n.cfg = cfg
-		if err := n.build(); err != nil {
+		if err := n.build(ctx); err != nil {
 			return err
 		}
 	} else if string(sn.hdr.Config) != string(n.configJSON()) {

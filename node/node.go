@@ -173,7 +173,7 @@ func (n *Node) start(ctx context.Context) error {
 	if o.Join {
 		return n.startJoiner(ctx)
 	}
-	if err := n.build(); err != nil {
+	if err := n.build(ctx); err != nil {
 		return err
 	}
 	if resume != nil {
@@ -188,9 +188,9 @@ func (n *Node) start(ctx context.Context) error {
 
 // build makes the trainer, data loader, reducers and checkpoint writer for
 // n.cfg.
-func (n *Node) build() error {
+func (n *Node) build(ctx context.Context) error {
 	o := &n.opt
-	if err := n.openData(); err != nil {
+	if err := n.openData(ctx); err != nil {
 		return err
 	}
 	if n.cfg.Model.Vocab == 0 {
@@ -244,13 +244,13 @@ func (n *Node) build() error {
 
 // openData opens this node's view of the dataset. A node without local data
 // streams shards from a ring member.
-func (n *Node) openData() error {
+func (n *Node) openData(ctx context.Context) error {
 	o := &n.opt
 	d := o.Data
 	d.Seed = n.cfg.Seed
 	d.PeerDial = n.dial
 	if d.Dir == "" && d.URL == "" && d.Peer == "" {
-		return n.openFromPeers(d)
+		return n.openFromPeers(ctx, d)
 	}
 	if (d.URL != "" || d.Peer != "") && d.CacheDir == "" && d.Dir == "" {
 		d.CacheDir = n.shardDir()
@@ -265,10 +265,28 @@ func (n *Node) openData() error {
 }
 
 // openFromPeers streams the dataset from the first member that serves it.
-func (n *Node) openFromPeers(d dataset.Options) error {
+// A member announces its shards only once it holds them all, which can come
+// after it serves the run's configuration (and by gossip, later still on a
+// busy machine), so a joiner waits for the announcement (up to the join
+// timeout) instead of giving up on its first look.
+func (n *Node) openFromPeers(ctx context.Context, d dataset.Options) error {
 	peers := n.dataPeers()
-	if len(peers) == 0 {
+	if len(peers) == 0 && !n.opt.Join {
 		return errors.New("no dataset: give --data or --data-url, or join a ring whose members serve one")
+	}
+	if len(peers) == 0 {
+		limit := max(n.opt.Cluster.JoinTimeout, 10*time.Second)
+		n.log.Info("waiting for a member that serves the dataset", "up_to", limit)
+		wctx, cancel := context.WithTimeout(ctx, limit)
+		defer cancel()
+		for wait := 50 * time.Millisecond; len(peers) == 0; wait = min(2*wait, time.Second) {
+			select {
+			case <-wctx.Done():
+				return fmt.Errorf("no dataset: give --data or --data-url, or join a ring whose members serve one (none announced its shards within %v)", limit)
+			case <-time.After(wait):
+			}
+			peers = n.dataPeers()
+		}
 	}
 	d.CacheDir = cmp.Or(d.CacheDir, n.shardDir())
 	var errs []error

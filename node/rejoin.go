@@ -35,6 +35,11 @@ func (n *Node) shardDir() string {
 	return ""
 }
 
+// announceDelay holds back every shard announcement; tests set it to widen
+// the window in which a member serves the run's configuration but has not
+// yet announced its shards.
+var announceDelay time.Duration
+
 // announceShards tells the cluster once this node holds the whole dataset,
 // so that joiners may stream it from here (any member, not only the seed).
 func (n *Node) announceShards() {
@@ -46,6 +51,11 @@ func (n *Node) announceShards() {
 	go func() {
 		if err := n.src.Ready(ctx); err != nil {
 			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(announceDelay):
 		}
 		n.cl.SetData("shards")
 	}()
@@ -117,7 +127,7 @@ func (n *Node) startJoiner(ctx context.Context) error {
 	o.adoptRing(rc.Ring)
 	n.cl.SetLimits(rc.Ring.MinNodes, rc.Ring.MaxNodes)
 	n.cfg = rc.Train
-	if err := n.build(); err != nil {
+	if err := n.build(ctx); err != nil {
 		return err
 	}
 	n.runSrv.set(RunConfig{Train: n.cfg, Ring: o.ringSettings()})
