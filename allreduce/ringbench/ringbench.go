@@ -8,6 +8,7 @@ package ringbench
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"encoding/binary"
 	"encoding/json"
@@ -39,7 +40,15 @@ type Plan struct {
 	Elems        int
 	Tensors      []allreduce.Tensor
 	PowerSGDRank int
+	// Pipe adds, after the codecs of each size, the transport alone
+	// (allreduce.Pipe): every member moves the bytes a ring of codec none
+	// sends, in messages of the same size, without the reduction. Its
+	// Result has Codec PipeCodec.
+	Pipe bool
 }
+
+// PipeCodec names the Results of Plan.Pipe.
+const PipeCodec = "grpc-pipe"
 
 // SquareSide is the side of the matrices powersgd sees a --sizes buffer as.
 const SquareSide = 1024
@@ -168,9 +177,54 @@ func Worker(listen string, in io.Reader, out io.Writer) error {
 				return errors.New(res.Err)
 			}
 		}
+		if plan.Pipe && n > 1 {
+			res := pipe(ctx, t, plan, gen, count, mib, &step, barrierSync)
+			if err := enc.Encode(res); err != nil {
+				return err
+			}
+			if res.Err != "" {
+				return errors.New(res.Err)
+			}
+		}
 	}
 	// Leave together: no member exits while another still reads from it.
 	return barrierSync(ctx)
+}
+
+// pipe times allreduce.Pipe over t as the plan's reps: every member sends
+// what a ring of codec none sends for count elements, 2(n-1) segments of
+// count/n, in messages of the plan's chunk.
+func pipe(ctx context.Context, t allreduce.Transport, plan Plan, gen allreduce.Generation, count, mib int,
+	step *uint64, barrierSync func(context.Context) error) Result {
+	res := Result{MiB: mib, Codec: PipeCodec, OK: true}
+	n := len(plan.Members)
+	total := 2 * (n - 1) * ((count + n - 1) / n) * 4
+	chunk := plan.ChunkKiB << 10
+	if chunk <= 0 {
+		chunk = allreduce.DefaultChunkBytes
+	}
+	right := plan.Members[(plan.Rank+1)%n].Addr
+	deadline := cmp.Or(plan.Deadline, allreduce.DefaultDeadline)
+	for w := range 2 + RepsFor(mib, plan.Reps) {
+		if err := barrierSync(ctx); err != nil {
+			res.Err = err.Error()
+			return res
+		}
+		*step++
+		c0 := CPUTime()
+		t0 := time.Now()
+		sent, err := allreduce.Pipe(ctx, t, right, gen.ID, *step, total, chunk, deadline)
+		if err != nil {
+			res.Err = err.Error()
+			return res
+		}
+		if w >= 2 {
+			res.Times = append(res.Times, time.Since(t0).Seconds())
+			res.CPU = append(res.CPU, (CPUTime() - c0).Seconds())
+			res.Wire = sent
+		}
+	}
+	return res
 }
 
 // CPUTime returns the user and system CPU time this process has used (zero

@@ -47,10 +47,14 @@ func TestWorkers(t *testing.T) {
 	}
 	for i, p := range ps {
 		b, _ := json.Marshal(Plan{Members: members, Rank: i, Sizes: []int{1}, Codecs: allreduce.Codecs,
-			Reps: 2, BucketMiB: 0.25, ChunkKiB: 64, Deadline: 10 * time.Second})
+			Reps: 2, BucketMiB: 0.25, ChunkKiB: 64, Deadline: 10 * time.Second, Pipe: true})
 		fmt.Fprintf(p.in, "%s\n", b)
 	}
-	for range allreduce.Codecs {
+	for k := range len(allreduce.Codecs) + 1 { // the codecs, then the pipe
+		want := PipeCodec
+		if k < len(allreduce.Codecs) {
+			want = allreduce.Codecs[k]
+		}
 		var h0 uint64
 		for i, p := range ps {
 			if !p.out.Scan() {
@@ -60,8 +64,8 @@ func TestWorkers(t *testing.T) {
 			if err := json.Unmarshal(p.out.Bytes(), &r); err != nil {
 				t.Fatal(err)
 			}
-			if r.Err != "" || !r.OK || len(r.Times) != 2 || len(r.CPU) != 2 || r.Wire == 0 {
-				t.Errorf("worker %d: %+v", i, r)
+			if r.Err != "" || !r.OK || len(r.Times) != 2 || len(r.CPU) != 2 || r.Wire == 0 || r.Codec != want {
+				t.Errorf("worker %d, want %s: %+v", i, want, r)
 			}
 			if i == 0 {
 				h0 = r.Hash

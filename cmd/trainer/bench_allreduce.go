@@ -324,6 +324,8 @@ func runARBench(ctx context.Context, f arBenchFlags) error {
 	fmt.Printf("#   a member sends (2(n-1)/n*size) / the raw TCP ring's CPU per byte sent: the ring's cost on a machine it shares\n")
 	fmt.Printf("# wire/fp32 = bytes a member sent / 2(n-1)/n*size; speedup = time(none)/time(codec)\n")
 	fmt.Printf("# check: sampled sums within the codec's bound (powersgd: none) and every member holding the same result\n")
+	fmt.Printf("# %s (with codec none): the gRPC transport alone, every member sending what none sends, in messages of\n", ringbench.PipeCodec)
+	fmt.Printf("#   the same size, and dropping what it receives (no codec, no reduction): the ceiling of a ring over gRPC\n")
 	if slices.Contains(f.codecs, allreduce.CodecPowerSGD) {
 		shapes := "each MiB size as 1024x1024 matrices, the rest a vector"
 		if f.layers > 0 {
@@ -352,11 +354,14 @@ func runARBench(ctx context.Context, f arBenchFlags) error {
 				fmt.Printf("# world %d, %s MiB: raw TCP ring of %d processes, %d MiB sent by each x 3: median %.3f GB/s per process, %.3f CPU s per GB sent\n",
 					n, mib, n, f.tcpMiB, ringTCP, ringCPU)
 			}
-			var base float64               // none's median time
+			var base, pipe float64         // none's and the gRPC pipe's median time
 			var noneWire, psgdWire float64 // bytes a member sent per call
 			err = runWorld(e, n, f, sz, func(r arRow) {
-				if r.codec == allreduce.CodecNone {
+				switch r.codec {
+				case allreduce.CodecNone:
 					base = r.med
+				case ringbench.PipeCodec:
+					pipe = r.med
 				}
 				bytes := sz.bytes()
 				alg := bytes / r.med / 1e9
@@ -387,6 +392,10 @@ func runARBench(ctx context.Context, f arBenchFlags) error {
 			})
 			if err != nil {
 				return fmt.Errorf("world %d: %w", n, err)
+			}
+			if base > 0 && pipe > 0 {
+				fmt.Printf("# world %d, %s MiB: codec none reaches %.2f of the gRPC pipe's busbw (the transport alone), which reaches %.2f of the raw TCP ring\n",
+					n, mib, pipe/base, sz.bytes()*2*float64(n-1)/float64(n)/pipe/1e9/ringTCP)
 			}
 			if noneWire > 0 && psgdWire > 0 {
 				fmt.Printf("# world %d, %s MiB: powersgd rank %d puts %.1fx fewer bytes on the wire than none (%.2f MiB against %.2f per member per step)\n",
@@ -460,16 +469,22 @@ func runWorld(e env, n int, f arBenchFlags, sz arSize, emit func(arRow)) error {
 		return err
 	}
 	defer stopAll(procs)
+	// Next to codec none, the transport alone: its ceiling over gRPC.
+	pipe := n > 1 && slices.Contains(f.codecs, allreduce.CodecNone)
+	rows := len(f.codecs)
+	if pipe {
+		rows++
+	}
 	for i, p := range procs {
 		plan := ringbench.Plan{Members: members, Rank: i, Sizes: []int{sz.mib}, Codecs: f.codecs, Reps: f.reps,
 			BucketMiB: f.bucketMiB, ChunkKiB: f.chunkKiB, Deadline: f.deadline, Checksum: f.checksum,
-			Elems: sz.elems, Tensors: sz.tensors, PowerSGDRank: f.psgdRank}
+			Elems: sz.elems, Tensors: sz.tensors, PowerSGDRank: f.psgdRank, Pipe: pipe}
 		b, _ := json.Marshal(plan)
 		if _, err := fmt.Fprintf(p.in, "%s\n", b); err != nil {
 			return fmt.Errorf("worker %d: send plan: %w", i, err)
 		}
 	}
-	for range len(f.codecs) {
+	for range rows {
 		results := make([]ringbench.Result, n)
 		errs := make([]error, n)
 		var wg sync.WaitGroup

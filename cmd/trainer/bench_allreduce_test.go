@@ -41,8 +41,11 @@ func TestBenchAllreduce(t *testing.T) {
 		}
 		rows[fs[2]] = true
 	}
-	if !rows["none"] || !rows["int8"] {
+	if !rows["none"] || !rows["int8"] || !rows["grpc-pipe"] {
 		t.Errorf("missing codec rows in:\n%s", text)
+	}
+	if !strings.Contains(text, "codec none reaches") {
+		t.Errorf("no comparison of none with the gRPC pipe in:\n%s", text)
 	}
 
 	// A model's gradient: powersgd gets its tensor shapes, and the run
@@ -67,8 +70,8 @@ func TestBenchAllreduce(t *testing.T) {
 			}
 		}
 	}
-	if n != 2 {
-		t.Errorf("%d rows, want none and powersgd:\n%s", n, text)
+	if n != 3 {
+		t.Errorf("%d rows, want none, powersgd and grpc-pipe:\n%s", n, text)
 	}
 
 	bad := exec.Command(bin, "bench", "allreduce", "--codecs", "zip")
