@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -152,7 +153,8 @@ func meanOf(v []float64) float64 {
 // a run of none on one member, whose gap to none on two is float32
 // rounding amplified by the trajectory: the noise floor of the comparison.
 // CONVERGENCE_PSGD_RANK and CONVERGENCE_PSGD_START change powersgd's rank
-// and start step.
+// and start step; CONVERGENCE_PSGD_ALSO=150,300 adds powersgd runs from those
+// steps, reported and not checked.
 //
 // Measured with the reduced batch: none 3.5258, int8 +0.39%, powersgd
 // +0.49% (+3.4% when it compresses from step 0). This pins one trajectory
@@ -219,6 +221,18 @@ func TestCodecsConverge(t *testing.T) {
 		// does to the trajectory, the floor under any codec's.
 		e, _ := trainRing(t, c, src, 1, ringRun{Codec: "none"})
 		t.Logf("none on one member: ELBO %.4f, %+.2f%% against none on two (float32 rounding alone)", meanOf(e[len(e)-last:]), 100*(meanOf(e[len(e)-last:])/final["none"]-1))
+	}
+	if v := os.Getenv("CONVERGENCE_PSGD_ALSO"); v != "" {
+		// More start steps for powersgd, reported, not checked.
+		for f := range strings.SplitSeq(v, ",") {
+			s, err := strconv.Atoi(f)
+			if err != nil || s < 0 {
+				t.Fatalf("CONVERGENCE_PSGD_ALSO=%q: want start steps, comma-separated", v)
+			}
+			e, b := trainRing(t, c, src, 2, ringRun{Codec: "powersgd", Rank: rank, Start: uint64(s)})
+			got := meanOf(e[len(e)-last:])
+			t.Logf("powersgd rank %d from step %d: ELBO %.4f, %+.2f%% against none, %.1f MiB sent by a member", rank, s, got, 100*(got/final["none"]-1), float64(b)/(1<<20))
+		}
 	}
 	for _, k := range []struct {
 		codec string
