@@ -282,6 +282,9 @@ func (n *Node) openFromPeers(ctx context.Context, d dataset.Options) error {
 		for wait := 50 * time.Millisecond; len(peers) == 0; wait = min(2*wait, time.Second) {
 			select {
 			case <-wctx.Done():
+				if ctx.Err() != nil {
+					return ctx.Err()
+				}
 				return fmt.Errorf("no dataset: give --data or --data-url, or join a ring whose members serve one (none announced its shards within %v)", limit)
 			case <-time.After(wait):
 			}
