@@ -20,7 +20,13 @@ const (
 )
 
 // Int8Block is the number of elements that share one scale in the int8 codec.
-const Int8Block = 256
+// A smaller block rounds small elements more finely (the scale follows the
+// block's largest magnitude): at 256 the demo model's ELBO ended 1.3–2.9%
+// above none's at 600 steps (three seeds), at 64 from 2.8% below to 0.95%
+// above, for 4.6% more bytes (1.0625 per element against 1.0156). The
+// whole-block kernels (quantBlocksAVX2, deqBlocksAVX2) keep 64 as fast as
+// 256 was one block per call.
+const Int8Block = 64
 
 // Codecs lists the codec names in the order benchmarks report them.
 var Codecs = []string{CodecNone, CodecBF16, CodecBF16Zstd, CodecInt8, CodecPowerSGD}
@@ -319,27 +325,48 @@ func exactInt8(n, plen int) error {
 // receivers see NaN rather than a silently wrong number.
 type int8Codec struct{}
 
+// int8Span is how many elements encode adds a residual to at a time (on
+// the stack): a multiple of the block, so that the kernel runs whole blocks.
+const int8Span = 16 * Int8Block
+
 func (int8Codec) encode(dst []byte, src, add, res []float32, round bool) []byte {
 	at := len(dst)
 	dst = grow(dst, int8Size(len(src)))
 	p := dst[at:]
-	var y [Int8Block]float32 // the block's values, src + add
-	for lo := 0; lo < len(src); lo += Int8Block {
-		blk := src[lo:min(lo+Int8Block, len(src))]
+	var y [int8Span]float32 // src + add
+	for lo := 0; lo < len(src); {
+		n := min(len(src)-lo, int8Span)
+		blk := src[lo : lo+n]
 		v := blk // out may alias v: each element is read before it is written
 		if add != nil {
-			v = y[:len(blk)]
-			add2(v, blk, add[lo:lo+len(blk)])
+			v = y[:n]
+			add2(v, blk, add[lo:lo+n])
 		}
 		var e, out []float32
 		if res != nil {
-			e = res[lo : lo+len(v)]
+			e = res[lo : lo+n]
 		}
 		if round {
 			out = blk
 		}
-		int8Block(p, v, e, out)
-		p = p[4+len(v):]
+		// Whole blocks in one kernel call; then one block here (the
+		// span's tail, a subnormal maximum, or every block without AVX2).
+		k := int8Blocks(p, v, e, out)
+		p = p[int8Size(k):]
+		if k < n {
+			m := min(Int8Block, n-k)
+			var ee, oo []float32
+			if e != nil {
+				ee = e[k : k+m]
+			}
+			if out != nil {
+				oo = out[k : k+m]
+			}
+			int8Block(p, v[k:k+m], ee, oo)
+			p = p[4+m:]
+			k += m
+		}
+		lo += k
 	}
 	return dst
 }
@@ -432,6 +459,11 @@ func (int8Codec) accumulate(dst []float32, p []byte, add []float32) error {
 	if len(p) != int8Size(len(dst)) {
 		return fmt.Errorf("int8: %d bytes for %d elements", len(p), len(dst))
 	}
+	k := deqBlocks(dst, p, add, true)
+	dst, p = dst[k:], p[int8Size(k):]
+	if add != nil {
+		add = add[k:]
+	}
 	for lo := 0; lo < len(dst); lo += Int8Block {
 		blk := dst[lo:min(lo+Int8Block, len(dst))]
 		scale := math.Float32frombits(binary.LittleEndian.Uint32(p))
@@ -461,6 +493,8 @@ func (int8Codec) decode(dst []float32, p []byte) error {
 	if len(p) != int8Size(len(dst)) {
 		return fmt.Errorf("int8: %d bytes for %d elements", len(p), len(dst))
 	}
+	k := deqBlocks(dst, p, nil, false)
+	dst, p = dst[k:], p[int8Size(k):]
 	for lo := 0; lo < len(dst); lo += Int8Block {
 		blk := dst[lo:min(lo+Int8Block, len(dst))]
 		scale := math.Float32frombits(binary.LittleEndian.Uint32(p))

@@ -1,6 +1,8 @@
 package allreduce
 
 import (
+	"bytes"
+	"encoding/binary"
 	"fmt"
 	"math"
 	"math/rand/v2"
@@ -369,6 +371,114 @@ func TestBF16KernelsAgree(t *testing.T) {
 				}
 				if math.Float32bits(dst[i]) != math.Float32bits(w) {
 					t.Fatalf("n %d acc %v: element %d is %v, scalar %v", n, acc, i, dst[i], w)
+				}
+			}
+		}
+	}
+}
+
+// TestInt8BlocksAgree: the codec's whole-block kernels (many blocks per
+// call) encode, accumulate and decode bit for bit as one block at a time
+// does, over blocks that are zero, hold an infinity or a NaN, or whose
+// largest magnitude is subnormal (the kernel hands those back), with and
+// without a residual to add and to keep, rounding or not, and a partial
+// last block.
+func TestInt8BlocksAgree(t *testing.T) {
+	rng := rand.New(rand.NewPCG(8, 8))
+	n := 40*Int8Block + 7
+	src := make([]float32, n)
+	for i := range src {
+		src[i] = float32(rng.NormFloat64()) * 1e-3
+	}
+	blk := func(b int) []float32 { return src[b*Int8Block : (b+1)*Int8Block] }
+	clear(blk(3))
+	blk(5)[7] = float32(math.Inf(1))
+	blk(9)[1] = float32(math.NaN())
+	for i := range blk(17) {
+		blk(17)[i] = float32(rng.NormFloat64()) * 1e-40 // subnormal
+	}
+	blk(30)[Int8Block-1] = 0x1p-130
+	add := make([]float32, n)
+	for i := range add {
+		add[i] = float32(rng.NormFloat64()) * 1e-4
+	}
+	for _, c := range []struct{ add, res, round bool }{{false, false, false}, {true, true, false}, {false, true, true}, {true, true, true}, {true, false, true}} {
+		// One block at a time, as before the whole-block kernels.
+		wantSrc := append([]float32(nil), src...)
+		var a, wantRes []float32
+		if c.add {
+			a = add
+		}
+		if c.res {
+			wantRes = make([]float32, n)
+		}
+		want := make([]byte, int8Size(n))
+		p := want
+		for lo := 0; lo < n; lo += Int8Block {
+			hi := min(lo+Int8Block, n)
+			v := append([]float32(nil), wantSrc[lo:hi]...)
+			if a != nil {
+				for i := range v {
+					v[i] += a[lo+i]
+				}
+			}
+			var r, o []float32
+			if wantRes != nil {
+				r = wantRes[lo:hi]
+			}
+			if c.round {
+				o = wantSrc[lo:hi]
+			}
+			int8Block(p, v, r, o)
+			p = p[4+hi-lo:]
+		}
+		gotSrc := append([]float32(nil), src...)
+		var gotRes []float32
+		if c.res {
+			gotRes = make([]float32, n)
+		}
+		got := int8Codec{}.encode(nil, gotSrc, a, gotRes, c.round)
+		if !bytes.Equal(got, want) {
+			t.Fatalf("%+v: payloads differ", c)
+		}
+		for i := range n {
+			if math.Float32bits(gotSrc[i]) != math.Float32bits(wantSrc[i]) || (c.res && math.Float32bits(gotRes[i]) != math.Float32bits(wantRes[i])) {
+				t.Fatalf("%+v: element %d: src %v res %v, one block at a time %v %v", c, i, gotSrc[i], gotRes, wantSrc[i], wantRes)
+			}
+		}
+		// Decoding and accumulating, against the scalar loop.
+		for _, acc := range []bool{false, true} {
+			dst := append([]float32(nil), add...)
+			ref := append([]float32(nil), add...)
+			var err error
+			if acc {
+				err = int8Codec{}.accumulate(dst, got, a)
+			} else {
+				err = int8Codec{}.decode(dst, got)
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			p := got
+			for lo := 0; lo < n; lo += Int8Block {
+				hi := min(lo+Int8Block, n)
+				scale := math.Float32frombits(binary.LittleEndian.Uint32(p))
+				for i := lo; i < hi; i++ {
+					d := float32(int8(p[4+i-lo])) * scale
+					switch {
+					case !acc:
+						ref[i] = d
+					case a != nil:
+						ref[i] = ref[i] + a[i] + d
+					default:
+						ref[i] += d
+					}
+				}
+				p = p[4+hi-lo:]
+			}
+			for i := range n {
+				if math.Float32bits(dst[i]) != math.Float32bits(ref[i]) {
+					t.Fatalf("%+v acc %v: element %d decoded %v, scalar %v", c, acc, i, dst[i], ref[i])
 				}
 			}
 		}

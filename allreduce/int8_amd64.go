@@ -88,3 +88,51 @@ func add2(dst, a, b []float32) {
 		dst[k+i] = a[i] + b[i]
 	}
 }
+
+// quantBlocksAVX2 encodes whole blocks of v (block a multiple of 32) into
+// p, each as int8Block does, and returns the elements done: it stops before
+// a block whose largest magnitude is a nonzero subnormal.
+//
+//go:noescape
+func quantBlocksAVX2(p []byte, v, res, out []float32, block int) int
+
+// deqBlocksAVX2 decodes whole blocks (block a multiple of 16) of an int8
+// payload into dst, as deqAVX2 does for each block.
+//
+//go:noescape
+func deqBlocksAVX2(dst []float32, p []byte, add []float32, block int, acc bool)
+
+// int8Blocks encodes the longest prefix of whole blocks of v that the AVX2
+// kernel takes into p and returns its length, a multiple of Int8Block.
+func int8Blocks(p []byte, v, res, out []float32) int {
+	k := len(v) / Int8Block * Int8Block
+	if !haveAVX2 || k == 0 {
+		return 0
+	}
+	var r, o []float32
+	if res != nil {
+		r = res[:k]
+	}
+	if out != nil {
+		o = out[:k]
+	}
+	return quantBlocksAVX2(p[:int8Size(k)], v[:k], r, o, Int8Block)
+}
+
+// deqBlocks decodes the whole blocks of dst from p (see deqFast for acc and
+// add) and returns how many elements it did.
+func deqBlocks(dst []float32, p []byte, add []float32, acc bool) int {
+	k := len(dst) / Int8Block * Int8Block
+	if !haveAVX2 || k == 0 {
+		return 0
+	}
+	var a []float32
+	if add != nil {
+		a = add[:k]
+	}
+	deqBlocksAVX2(dst[:k], p[:int8Size(k)], a, Int8Block, acc)
+	return k
+}
+
+// The whole-block kernels take blocks of a multiple of 32 elements.
+var _ [0]struct{} = [Int8Block % 32]struct{}{}

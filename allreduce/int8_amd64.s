@@ -235,3 +235,240 @@ aloop:
 adone:
 	VZEROUPPER
 	RET
+
+// func quantBlocksAVX2(p []byte, v, res, out []float32, block int) int
+// Encodes whole blocks of v (block a multiple of 32) into p as int8Block
+// does, per block its scale then its quantised values, writing res and out
+// where not nil. Stops before a block whose largest magnitude is a nonzero
+// subnormal (127/max overflows: the Go code takes it) and returns the
+// number of elements done.
+TEXT ·quantBlocksAVX2(SB), NOSPLIT, $0-112
+	MOVQ p_base+0(FP), DI
+	MOVQ v_base+24(FP), SI
+	MOVQ v_len+32(FP), BX
+	MOVQ res_base+48(FP), R8
+	MOVQ out_base+72(FP), R9
+	MOVQ block+96(FP), R10
+	XORQ R11, R11
+	MOVL $0x4b400000, AX // 12582912.0
+	MOVL AX, X13
+	VPBROADCASTD X13, Y13
+	MOVL $0x007fffff, AX
+	MOVL AX, X12
+	VPBROADCASTD X12, Y12
+	MOVL $0x00400000, AX
+	MOVL AX, X11
+	VPBROADCASTD X11, Y11
+	VMOVDQU permIdx<>(SB), Y10
+
+bloop:
+	CMPQ BX, R10
+	JB   bdone
+	// The block's largest magnitude, as bits.
+	MOVL $0x7fffffff, AX
+	MOVL AX, X8
+	VPBROADCASTD X8, Y8
+	VPXOR Y0, Y0, Y0
+	VPXOR Y1, Y1, Y1
+	VPXOR Y2, Y2, Y2
+	VPXOR Y3, Y3, Y3
+	MOVQ  R10, CX
+	SHRQ  $5, CX
+	MOVQ  SI, DX
+
+bmax:
+	VPAND   (DX), Y8, Y4
+	VPAND   32(DX), Y8, Y5
+	VPAND   64(DX), Y8, Y6
+	VPAND   96(DX), Y8, Y7
+	VPMAXUD Y4, Y0, Y0
+	VPMAXUD Y5, Y1, Y1
+	VPMAXUD Y6, Y2, Y2
+	VPMAXUD Y7, Y3, Y3
+	ADDQ    $128, DX
+	DECQ    CX
+	JNZ     bmax
+	VPMAXUD      Y1, Y0, Y0
+	VPMAXUD      Y3, Y2, Y2
+	VPMAXUD      Y2, Y0, Y0
+	VEXTRACTI128 $1, Y0, X1
+	VPMAXUD      X1, X0, X0
+	VPSHUFD      $0x4e, X0, X1
+	VPMAXUD      X1, X0, X0
+	VPSHUFD      $0xb1, X0, X1
+	VPMAXUD      X1, X0, X0
+	MOVL         X0, AX
+
+	// scale = max/127 and inv = 127/max; a NaN scale and inv 0 for a
+	// block with a NaN or an infinity; 0 and 0 for a zero block.
+	CMPL  AX, $0x7f800000
+	JAE   bnan
+	TESTL AX, AX
+	JZ    bzero
+	MOVL  AX, X5
+	MOVL  $0x42fe0000, DX // 127.0
+	MOVL  DX, X6
+	VDIVSS X5, X6, X7 // inv
+	MOVL  X7, DX
+	CMPL  DX, $0x7f800000
+	JAE   bdone // 127/max overflows: max is subnormal
+	VDIVSS X6, X5, X8 // scale
+	JMP   bquant
+
+bnan:
+	MOVL   $0x7fc00000, DX
+	MOVL   DX, X8
+	VXORPS X7, X7, X7
+	JMP    bquant
+
+bzero:
+	VXORPS X7, X7, X7
+	VXORPS X8, X8, X8
+
+bquant:
+	MOVL         X8, DX
+	MOVL         DX, (DI)
+	ADDQ         $4, DI
+	VBROADCASTSS X7, Y15
+	VBROADCASTSS X8, Y14
+	MOVQ         R10, CX
+	SHRQ         $5, CX
+
+qloop:
+	VMOVUPS (SI), Y0
+	VMOVUPS 32(SI), Y1
+	VMOVUPS 64(SI), Y2
+	VMOVUPS 96(SI), Y3
+	VMULPS  Y15, Y0, Y4
+	VMULPS  Y15, Y1, Y5
+	VMULPS  Y15, Y2, Y6
+	VMULPS  Y15, Y3, Y7
+	VADDPS  Y13, Y4, Y4
+	VADDPS  Y13, Y5, Y5
+	VADDPS  Y13, Y6, Y6
+	VADDPS  Y13, Y7, Y7
+	VPAND   Y12, Y4, Y4
+	VPAND   Y12, Y5, Y5
+	VPAND   Y12, Y6, Y6
+	VPAND   Y12, Y7, Y7
+	VPSUBD  Y11, Y4, Y4
+	VPSUBD  Y11, Y5, Y5
+	VPSUBD  Y11, Y6, Y6
+	VPSUBD  Y11, Y7, Y7
+	TESTQ   R8, R8
+	JNZ     qdecoded
+	TESTQ   R9, R9
+	JZ      qpack
+
+qdecoded:
+	VCVTDQ2PS Y4, Y8
+	VCVTDQ2PS Y5, Y9
+	VMULPS    Y14, Y8, Y8
+	VMULPS    Y14, Y9, Y9
+	TESTQ     R9, R9
+	JZ        qres01
+	VMOVUPS   Y8, (R9)
+	VMOVUPS   Y9, 32(R9)
+
+qres01:
+	TESTQ   R8, R8
+	JZ      qnext23
+	VSUBPS  Y8, Y0, Y8
+	VSUBPS  Y9, Y1, Y9
+	VMOVUPS Y8, (R8)
+	VMOVUPS Y9, 32(R8)
+
+qnext23:
+	VCVTDQ2PS Y6, Y8
+	VCVTDQ2PS Y7, Y9
+	VMULPS    Y14, Y8, Y8
+	VMULPS    Y14, Y9, Y9
+	TESTQ     R9, R9
+	JZ        qres23
+	VMOVUPS   Y8, 64(R9)
+	VMOVUPS   Y9, 96(R9)
+	ADDQ      $128, R9
+
+qres23:
+	TESTQ   R8, R8
+	JZ      qpack
+	VSUBPS  Y8, Y2, Y8
+	VSUBPS  Y9, Y3, Y9
+	VMOVUPS Y8, 64(R8)
+	VMOVUPS Y9, 96(R8)
+	ADDQ    $128, R8
+
+qpack:
+	VPACKSSDW Y5, Y4, Y4
+	VPACKSSDW Y7, Y6, Y6
+	VPACKSSWB Y6, Y4, Y4
+	VPERMD    Y4, Y10, Y4
+	VMOVDQU   Y4, (DI)
+	ADDQ      $128, SI
+	ADDQ      $32, DI
+	DECQ      CX
+	JNZ       qloop
+
+	SUBQ R10, BX
+	ADDQ R10, R11
+	JMP  bloop
+
+bdone:
+	MOVQ R11, ret+104(FP)
+	VZEROUPPER
+	RET
+
+// func deqBlocksAVX2(dst []float32, p []byte, add []float32, block int, acc bool)
+// Decodes whole blocks (block a multiple of 16) of an int8 payload p, per
+// block its scale then its values, as deqAVX2 does for one block.
+TEXT ·deqBlocksAVX2(SB), NOSPLIT, $0-81
+	MOVQ dst_base+0(FP), DI
+	MOVQ dst_len+8(FP), BX
+	MOVQ p_base+24(FP), SI
+	MOVQ add_base+48(FP), R8
+	MOVQ block+72(FP), R10
+	MOVBLZX acc+80(FP), DX
+
+eloop:
+	CMPQ BX, R10
+	JB   edone
+	VBROADCASTSS (SI), Y14
+	ADDQ         $4, SI
+	MOVQ         R10, CX
+	SHRQ         $4, CX
+
+edloop:
+	VPMOVSXBD (SI), Y0
+	VPMOVSXBD 8(SI), Y1
+	VCVTDQ2PS Y0, Y0
+	VCVTDQ2PS Y1, Y1
+	VMULPS    Y14, Y0, Y0
+	VMULPS    Y14, Y1, Y1
+	TESTQ     DX, DX
+	JZ        edstore
+	VMOVUPS   (DI), Y2
+	VMOVUPS   32(DI), Y3
+	TESTQ     R8, R8
+	JZ        edsum
+	VADDPS    (R8), Y2, Y2
+	VADDPS    32(R8), Y3, Y3
+	ADDQ      $64, R8
+
+edsum:
+	VADDPS Y0, Y2, Y0
+	VADDPS Y1, Y3, Y1
+
+edstore:
+	VMOVUPS Y0, (DI)
+	VMOVUPS Y1, 32(DI)
+	ADDQ    $64, DI
+	ADDQ    $16, SI
+	DECQ    CX
+	JNZ     edloop
+
+	SUBQ R10, BX
+	JMP  eloop
+
+edone:
+	VZEROUPPER
+	RET

@@ -174,12 +174,13 @@ func exactSum(xs [][]float32) (sum, abs []float64) {
 // bound returns the per-element error bound a codec states for n members:
 // each of at most n roundings of a partial sum loses at most half a unit.
 // bf16: relative 2^-8 of the partial sum's magnitude. int8: max|block|/254,
-// the block's maximum being at most the largest magnitude sum within 255
-// elements either side.
+// the block's maximum being at most the largest magnitude sum within
+// Int8Block-1 elements either side.
 func bound(codec string, n int, abs []float64) []float64 {
 	b := make([]float64, len(abs))
 	// maxima over aligned blocks: any block of the codec that holds element i
-	// lies within the aligned blocks from (i-255)/256 to (i+255)/256.
+	// lies within the aligned blocks from (i-Int8Block+1)/Int8Block to
+	// (i+Int8Block-1)/Int8Block.
 	blk := make([]float64, (len(abs)+Int8Block-1)/Int8Block)
 	for i, a := range abs {
 		blk[i/Int8Block] = max(blk[i/Int8Block], a)
@@ -411,7 +412,7 @@ func TestChunkFor(t *testing.T) {
 		{1 << 18, 2, 128 << 10, 32 << 10},  // small bucket: four chunks per segment
 		{1 << 10, 4, 128 << 10, minChunk},  // tiny bucket: not below the minimum
 		{1 << 10, 4, Int8Block, Int8Block}, // unless the limit is lower
-		{1_000_003, 3, 128 << 10, 83_456},  // a multiple of the int8 block
+		{1_000_003, 3, 128 << 10, 83_392},  // a multiple of the int8 block (64)
 	}
 	for _, c := range cases {
 		if got := chunkFor(c.N, c.n, c.limit); got != c.want || got%Int8Block != 0 {

@@ -11,6 +11,12 @@ func quantFast(q []byte, v, res, out []float32, inv, scale float32) int { return
 // deqFast has no vector kernel here: the scalar loop does everything.
 func deqFast(dst []float32, q []byte, add []float32, scale float32, acc bool) int { return 0 }
 
+// int8Blocks has no vector kernel here.
+func int8Blocks(p []byte, v, res, out []float32) int { return 0 }
+
+// deqBlocks has no vector kernel here.
+func deqBlocks(dst []float32, p []byte, add []float32, acc bool) int { return 0 }
+
 // bf16EncFast has no vector kernel here.
 func bf16EncFast(h []uint16, v, out []float32) int { return 0 }
 
