@@ -22,21 +22,10 @@ func Pipe(ctx context.Context, t Transport, right string, gen, step uint64, tota
 	if chunk < 4 || total < 0 {
 		return 0, fmt.Errorf("pipe: chunk of %d bytes, total %d", chunk, total)
 	}
-	sent := uint64(total + msgsFor(total, chunk)*headerSize)
-	err := pipe(ctx, t, right, gen, step, total, chunk, deadline)
-	if err != nil {
-		return 0, err
-	}
-	return sent, nil
-}
-
-func msgsFor(total, chunk int) int { return (total + chunk - 1) / chunk }
-
-func pipe(ctx context.Context, t Transport, right string, gen, step uint64, total, chunk int, deadline time.Duration) error {
-	msgs := msgsFor(total, chunk)
+	msgs := (total + chunk - 1) / chunk
 	link, err := t.Dial(ctx, right)
 	if err != nil {
-		return fmt.Errorf("pipe: dial %s: %w", right, err)
+		return 0, fmt.Errorf("pipe: dial %s: %w", right, err)
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -52,37 +41,39 @@ func pipe(ctx context.Context, t Transport, right string, gen, step uint64, tota
 		case f = <-t.Inbox():
 		case err := <-sending:
 			if err != nil {
-				return err
+				return 0, err
 			}
 			sending = nil
 			continue
 		case <-timer.C:
-			return fmt.Errorf("pipe: message %d of %d: none within %v", got, msgs, deadline)
+			return 0, fmt.Errorf("pipe: message %d of %d: none within %v", got, msgs, deadline)
 		case <-ctx.Done():
-			return ctx.Err()
+			return 0, ctx.Err()
 		}
 		if f.Err != nil {
 			err := f.Err
 			f.Release()
-			return fmt.Errorf("pipe: stream from %s: %w", f.Peer, err)
+			return 0, fmt.Errorf("pipe: stream from %s: %w", f.Peer, err)
 		}
 		hb := f.header()
 		h, _, err := decodeHeader(hb, f.Len()-len(hb))
 		f.Release()
 		switch {
 		case err != nil:
-			return fmt.Errorf("pipe: %w", err)
+			return 0, fmt.Errorf("pipe: %w", err)
 		case h.kind == kindBeat:
 			continue
 		case h.kind != kindData || h.gen != gen || h.step != step:
-			return fmt.Errorf("pipe: unexpected message (kind %d, generation %d, step %d)", h.kind, h.gen, h.step)
+			return 0, fmt.Errorf("pipe: unexpected message (kind %d, generation %d, step %d)", h.kind, h.gen, h.step)
 		}
 		got++
 	}
 	if sending != nil {
-		return <-sending
+		if err := <-sending; err != nil {
+			return 0, err
+		}
 	}
-	return nil
+	return uint64(total + msgs*headerSize), nil
 }
 
 // pipeSend sends Pipe's messages: their payload is whatever the pooled
