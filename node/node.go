@@ -212,9 +212,7 @@ func (n *Node) build(ctx context.Context) error {
 		Checksum: o.AllreduceChecksum, Logger: n.log}
 	arc.PowerSGDRank, arc.Seed = o.PowerSGDRank, n.cfg.Seed
 	arc.PowerSGDStart = allreduce.PowerSGDStartFor(o.PowerSGDStart, n.cfg.Steps, n.cfg.Warmup)
-	for _, t := range tr.Model.Tensors { // [rows, cols] as PyTorch's powerSGD hook views a tensor
-		arc.Tensors = append(arc.Tensors, allreduce.Tensor{Off: t.Offset, Rows: t.Shape[0], Cols: t.Size / t.Shape[0]})
-	}
+	arc.Tensors = train.PowerSGDTensors(tr.Model.Tensors, o.PowerSGDEmbeddings)
 	if n.grad, err = allreduce.New(n.gradT, np, arc); err != nil {
 		return err
 	}

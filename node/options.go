@@ -57,11 +57,14 @@ type Options struct {
 	GRPCListen string
 
 	// Allreduce.
-	Codec            string
-	BucketBytes      int
-	PowerSGDRank     int // rank of codec powersgd (0: 1)
-	PowerSGDStart    int // first step powersgd compresses, plain sums before (-1: allreduce.PowerSGDStartFor's auto)
-	AllreduceTimeout time.Duration
+	Codec         string
+	BucketBytes   int
+	PowerSGDRank  int // rank of codec powersgd (0: 1)
+	PowerSGDStart int // first step powersgd compresses, plain sums before (-1: allreduce.PowerSGDStartFor's auto)
+	// PowerSGDEmbeddings compresses the embedding and the head too
+	// (train.PowerSGDTensors); by default they are summed uncompressed.
+	PowerSGDEmbeddings bool
+	AllreduceTimeout   time.Duration
 	// AllreduceChecksum adds a CRC-32C to every gradient message.
 	AllreduceChecksum bool
 

@@ -112,6 +112,7 @@ func TestPowerSGDKillAndJoin(t *testing.T) {
 
 // --powersgd-start is a ring setting: a joiner that gives another value is
 // refused, and a value below -1 is refused before anything is created.
+// --powersgd-embeddings is one too.
 func TestPowerSGDStartIsARingSetting(t *testing.T) {
 	rc := RunConfig{Train: train.Default(model.Default(260, 2, 32, 2, 32)),
 		Ring: RingSettings{Codec: "powersgd", PowerSGDRank: 4, PowerSGDStart: -1}}
@@ -121,6 +122,16 @@ func TestPowerSGDStartIsARingSetting(t *testing.T) {
 	err := rc.Conflicts(map[string]string{"powersgd-start": "100"})
 	if want := "--powersgd-start=100 (the run has -1)"; err == nil || !strings.Contains(err.Error(), want) {
 		t.Errorf("got %v, want %q", err, want)
+	}
+	// So is --powersgd-embeddings, and a joiner adopts the run's.
+	err = rc.Conflicts(map[string]string{"powersgd-embeddings": "true"})
+	if want := "--powersgd-embeddings=true (the run has false)"; err == nil || !strings.Contains(err.Error(), want) {
+		t.Errorf("got %v, want %q", err, want)
+	}
+	var o Options
+	o.adoptRing(RingSettings{Codec: "powersgd", PowerSGDEmbeddings: true})
+	if !o.PowerSGDEmbeddings || !o.ringSettings().PowerSGDEmbeddings {
+		t.Error("a joiner did not adopt the run's --powersgd-embeddings")
 	}
 	runDir := filepath.Join(t.TempDir(), "run")
 	err = runAlone(t, runDir, 10, func(o *Options) { o.Codec, o.PowerSGDStart = "powersgd", -2 })

@@ -26,15 +26,16 @@ import (
 // them, and a joiner's explicit flag that conflicts is refused before it is
 // admitted.
 type RingSettings struct {
-	Codec             string `json:"codec"`
-	PowerSGDRank      int    `json:"powersgd_rank,omitempty"`
-	PowerSGDStart     int    `json:"powersgd_start,omitempty"`
-	BucketBytes       int    `json:"bucket_bytes"`
-	AllreduceChecksum bool   `json:"allreduce_checksum"`
-	ChecksumEvery     int    `json:"checksum_every"`
-	MaxBadSteps       int    `json:"max_bad_steps"`
-	MinNodes          int    `json:"min_nodes"`
-	MaxNodes          int    `json:"max_nodes"`
+	Codec              string `json:"codec"`
+	PowerSGDRank       int    `json:"powersgd_rank,omitempty"`
+	PowerSGDStart      int    `json:"powersgd_start,omitempty"`
+	PowerSGDEmbeddings bool   `json:"powersgd_embeddings,omitempty"`
+	BucketBytes        int    `json:"bucket_bytes"`
+	AllreduceChecksum  bool   `json:"allreduce_checksum"`
+	ChecksumEvery      int    `json:"checksum_every"`
+	MaxBadSteps        int    `json:"max_bad_steps"`
+	MinNodes           int    `json:"min_nodes"`
+	MaxNodes           int    `json:"max_nodes"`
 }
 
 // RunConfig is the single source of truth for everything the ring must
@@ -47,7 +48,7 @@ type RunConfig struct {
 // ringSettings reads the ring settings of the node's options.
 func (o *Options) ringSettings() RingSettings {
 	return RingSettings{
-		Codec: cmp.Or(o.Codec, "none"), PowerSGDRank: o.PowerSGDRank, PowerSGDStart: o.PowerSGDStart, BucketBytes: o.BucketBytes, AllreduceChecksum: o.AllreduceChecksum,
+		Codec: cmp.Or(o.Codec, "none"), PowerSGDRank: o.PowerSGDRank, PowerSGDStart: o.PowerSGDStart, PowerSGDEmbeddings: o.PowerSGDEmbeddings, BucketBytes: o.BucketBytes, AllreduceChecksum: o.AllreduceChecksum,
 		ChecksumEvery: o.ChecksumEvery, MaxBadSteps: o.MaxBadSteps, MinNodes: o.Cluster.MinNodes, MaxNodes: o.Cluster.MaxNodes,
 	}
 }
@@ -55,7 +56,7 @@ func (o *Options) ringSettings() RingSettings {
 // adoptRing sets the node's options to the ring's settings.
 func (o *Options) adoptRing(r RingSettings) {
 	o.Codec, o.PowerSGDRank, o.BucketBytes, o.AllreduceChecksum = r.Codec, r.PowerSGDRank, r.BucketBytes, r.AllreduceChecksum
-	o.PowerSGDStart = r.PowerSGDStart
+	o.PowerSGDStart, o.PowerSGDEmbeddings = r.PowerSGDStart, r.PowerSGDEmbeddings
 	o.ChecksumEvery, o.MaxBadSteps = r.ChecksumEvery, r.MaxBadSteps
 	o.Cluster.MinNodes, o.Cluster.MaxNodes = r.MinNodes, r.MaxNodes
 }
@@ -63,30 +64,31 @@ func (o *Options) adoptRing(r RingSettings) {
 // ringFields maps the flags that must agree across the ring to the run
 // configuration's value, in the flag's own units.
 var ringFields = map[string]func(RunConfig) string{
-	"codec":              func(r RunConfig) string { return r.Ring.Codec },
-	"powersgd-rank":      func(r RunConfig) string { return strconv.Itoa(r.Ring.PowerSGDRank) },
-	"powersgd-start":     func(r RunConfig) string { return strconv.Itoa(r.Ring.PowerSGDStart) },
-	"bucket-mb":          func(r RunConfig) string { return fmtFloat(float64(r.Ring.BucketBytes) / (1 << 20)) },
-	"allreduce-checksum": func(r RunConfig) string { return strconv.FormatBool(r.Ring.AllreduceChecksum) },
-	"checksum-every":     func(r RunConfig) string { return strconv.Itoa(r.Ring.ChecksumEvery) },
-	"max-bad-steps":      func(r RunConfig) string { return strconv.Itoa(r.Ring.MaxBadSteps) },
-	"min-nodes":          func(r RunConfig) string { return strconv.Itoa(r.Ring.MinNodes) },
-	"max-nodes":          func(r RunConfig) string { return strconv.Itoa(r.Ring.MaxNodes) },
-	"vocab":              func(r RunConfig) string { return strconv.Itoa(r.Train.Model.Vocab) },
-	"seq-len":            func(r RunConfig) string { return strconv.Itoa(r.Train.Model.SeqLen) },
-	"layers":             func(r RunConfig) string { return strconv.Itoa(r.Train.Model.Layers) },
-	"dim":                func(r RunConfig) string { return strconv.Itoa(r.Train.Model.Dim) },
-	"heads":              func(r RunConfig) string { return strconv.Itoa(r.Train.Model.Heads) },
-	"noise":              func(r RunConfig) string { return r.Train.Noise },
-	"optimizer":          func(r RunConfig) string { return r.Train.Optimizer },
-	"lr":                 func(r RunConfig) string { return fmtFloat(r.Train.LR) },
-	"warmup":             func(r RunConfig) string { return strconv.Itoa(r.Train.Warmup) },
-	"cooldown":           func(r RunConfig) string { return fmtFloat(r.Train.Cooldown) },
-	"steps":              func(r RunConfig) string { return strconv.Itoa(r.Train.Steps) },
-	"batch":              func(r RunConfig) string { return strconv.Itoa(r.Train.Batch) },
-	"micro-batch":        func(r RunConfig) string { return strconv.Itoa(r.Train.MicroBatch) },
-	"seed":               func(r RunConfig) string { return strconv.FormatUint(r.Train.Seed, 10) },
-	"prompt-p":           func(r RunConfig) string { return fmtFloat(r.Train.PPrompt) },
+	"codec":               func(r RunConfig) string { return r.Ring.Codec },
+	"powersgd-rank":       func(r RunConfig) string { return strconv.Itoa(r.Ring.PowerSGDRank) },
+	"powersgd-start":      func(r RunConfig) string { return strconv.Itoa(r.Ring.PowerSGDStart) },
+	"powersgd-embeddings": func(r RunConfig) string { return strconv.FormatBool(r.Ring.PowerSGDEmbeddings) },
+	"bucket-mb":           func(r RunConfig) string { return fmtFloat(float64(r.Ring.BucketBytes) / (1 << 20)) },
+	"allreduce-checksum":  func(r RunConfig) string { return strconv.FormatBool(r.Ring.AllreduceChecksum) },
+	"checksum-every":      func(r RunConfig) string { return strconv.Itoa(r.Ring.ChecksumEvery) },
+	"max-bad-steps":       func(r RunConfig) string { return strconv.Itoa(r.Ring.MaxBadSteps) },
+	"min-nodes":           func(r RunConfig) string { return strconv.Itoa(r.Ring.MinNodes) },
+	"max-nodes":           func(r RunConfig) string { return strconv.Itoa(r.Ring.MaxNodes) },
+	"vocab":               func(r RunConfig) string { return strconv.Itoa(r.Train.Model.Vocab) },
+	"seq-len":             func(r RunConfig) string { return strconv.Itoa(r.Train.Model.SeqLen) },
+	"layers":              func(r RunConfig) string { return strconv.Itoa(r.Train.Model.Layers) },
+	"dim":                 func(r RunConfig) string { return strconv.Itoa(r.Train.Model.Dim) },
+	"heads":               func(r RunConfig) string { return strconv.Itoa(r.Train.Model.Heads) },
+	"noise":               func(r RunConfig) string { return r.Train.Noise },
+	"optimizer":           func(r RunConfig) string { return r.Train.Optimizer },
+	"lr":                  func(r RunConfig) string { return fmtFloat(r.Train.LR) },
+	"warmup":              func(r RunConfig) string { return strconv.Itoa(r.Train.Warmup) },
+	"cooldown":            func(r RunConfig) string { return fmtFloat(r.Train.Cooldown) },
+	"steps":               func(r RunConfig) string { return strconv.Itoa(r.Train.Steps) },
+	"batch":               func(r RunConfig) string { return strconv.Itoa(r.Train.Batch) },
+	"micro-batch":         func(r RunConfig) string { return strconv.Itoa(r.Train.MicroBatch) },
+	"seed":                func(r RunConfig) string { return strconv.FormatUint(r.Train.Seed, 10) },
+	"prompt-p":            func(r RunConfig) string { return fmtFloat(r.Train.PPrompt) },
 }
 
 func fmtFloat(v float64) string { return strconv.FormatFloat(v, 'g', -1, 64) }

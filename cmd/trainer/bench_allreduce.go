@@ -32,6 +32,7 @@ import (
 	"github.com/difftrain/difftrain/allreduce/netns"
 	"github.com/difftrain/difftrain/allreduce/ringbench"
 	"github.com/difftrain/difftrain/model"
+	"github.com/difftrain/difftrain/train"
 	"github.com/spf13/cobra"
 )
 
@@ -441,10 +442,9 @@ func arSizes(f arBenchFlags) ([]arSize, error) {
 		return nil, fmt.Errorf("--layers %d --dim %d --heads %d --vocab %d: %w", f.layers, f.dim, f.heads, f.vocab, err)
 	}
 	s := arSize{label: fmt.Sprintf("L%d-d%d", f.layers, f.dim)}
-	for _, t := range model.Layout(c) {
-		s.tensors = append(s.tensors, allreduce.Tensor{Off: t.Offset, Rows: t.Shape[0], Cols: t.Size / t.Shape[0]})
-		s.elems = t.Offset + t.Size
-	}
+	ts := model.Layout(c)
+	s.tensors = train.PowerSGDTensors(ts, false) // as `trainer train` compresses it
+	s.elems = ts[len(ts)-1].Offset + ts[len(ts)-1].Size
 	s.label = fmt.Sprintf("%s=%.1f", s.label, s.bytes()/(1<<20))
 	return []arSize{s}, nil
 }

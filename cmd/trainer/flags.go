@@ -63,6 +63,7 @@ type runFlags struct {
 	bucketMB          float64
 	powersgdRank      int
 	powersgdStart     int
+	powersgdEmb       bool
 	allreduceTimeout  time.Duration
 	allreduceChecksum bool
 
@@ -135,6 +136,7 @@ func (f *runFlags) register(fs *pflag.FlagSet, join bool) {
 	fs.Float64Var(&f.bucketMB, "bucket-mb", 25, "gradient bucket size in MiB")
 	fs.IntVar(&f.powersgdRank, "powersgd-rank", 1, "rank of --codec powersgd's low-rank approximation (PyTorch's matrix_approximation_rank)")
 	fs.IntVar(&f.powersgdStart, "powersgd-start", -1, "first step --codec powersgd compresses, plain sums before (PyTorch's start_powerSGD_iter; -1: 10% of --steps, at least --warmup)")
+	fs.BoolVar(&f.powersgdEmb, "powersgd-embeddings", false, "--codec powersgd compresses the embedding and the head too, as PyTorch's hook would (default: summed uncompressed, their gradients are not low-rank)")
 	fs.DurationVar(&f.allreduceTimeout, "allreduce-timeout", 10*time.Second, "abort a step when a ring neighbour is silent this long")
 	fs.BoolVar(&f.allreduceChecksum, "allreduce-checksum", false, "CRC-32C every gradient message (catches corruption TCP cannot; every node must agree)")
 

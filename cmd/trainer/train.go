@@ -73,7 +73,7 @@ func runNode(cmd *cobra.Command, f *runFlags, join bool) error {
 		RunDir: f.runDir, MaxDuration: f.maxDuration,
 		GRPCListen: f.grpcAddr,
 		Codec:      f.codec, BucketBytes: int(f.bucketMB * (1 << 20)), AllreduceTimeout: f.allreduceTimeout,
-		AllreduceChecksum: f.allreduceChecksum, PowerSGDRank: f.powersgdRank, PowerSGDStart: f.powersgdStart,
+		AllreduceChecksum: f.allreduceChecksum, PowerSGDRank: f.powersgdRank, PowerSGDStart: f.powersgdStart, PowerSGDEmbeddings: f.powersgdEmb,
 		MetricsAddr: f.metricsAddr, ChecksumEvery: f.checksumEvery, Progress: f.progress, LogEvery: f.logEvery,
 		SampleLog: f.sampleLog,
 	}

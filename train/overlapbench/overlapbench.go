@@ -190,9 +190,7 @@ func run(plan Plan, open func(Plan) (compute.Backend, error), gradT, statsT allr
 	}
 	acfg := allreduce.Config{Codec: plan.Codec, BucketBytes: bucket, Deadline: plan.Deadline,
 		PowerSGDRank: plan.PowerSGDRank, Seed: plan.Train.Seed}
-	for _, t := range tr.Model.Tensors { // [rows, cols] as PyTorch's powerSGD hook views a tensor
-		acfg.Tensors = append(acfg.Tensors, allreduce.Tensor{Off: t.Offset, Rows: t.Shape[0], Cols: t.Size / t.Shape[0]})
-	}
+	acfg.Tensors = train.PowerSGDTensors(tr.Model.Tensors, false)
 	grad, err := allreduce.New(gradT, n, acfg)
 	if err != nil {
 		return rep, fmt.Errorf("overlap worker: gradient ring: %w", err)
