@@ -261,23 +261,21 @@ func (r *Reducer) reducePowerSGD(ctx context.Context, gen Generation, step uint6
 	}
 	b := &ps.buckets[i]
 	W := float32(len(gen.Members))
-	// 1. residual in, copy kept in next.
+	// 1. the gradient with the residual in, kept in next: M below. x gets
+	// the result.
 	keep := r.next[off : off+len(x)]
-	for j, e := range r.resid[off : off+len(x)] {
-		x[j] += e
-	}
-	copy(keep, x)
+	add2(keep, x, r.resid[off:off+len(x)])
 	// 2–3. the uncompressed values, then P = M·Q for every tensor.
 	buf := ps.buf[:b.nPlain+b.nP]
 	at := 0
 	for _, s := range b.plain {
-		at += copy(buf[at:], x[s.lo-off:s.hi-off])
+		at += copy(buf[at:], keep[s.lo-off:s.hi-off])
 	}
 	for _, m := range b.mats {
 		q := ps.q[m.q : m.q+m.cols*m.rank]
 		orthogonalize(q, m.cols, m.rank)
 		p := buf[b.nPlain+m.p : b.nPlain+m.p+m.rows*m.rank] // Pᵀ: column c of P at c·rows
-		mat := x[m.off-off : m.off-off+m.rows*m.cols]
+		mat := keep[m.off-off : m.off-off+m.rows*m.cols]
 		for row := range m.rows {
 			mr := mat[row*m.cols : (row+1)*m.cols]
 			for c := range m.rank {
@@ -298,7 +296,7 @@ func (r *Reducer) reducePowerSGD(ctx context.Context, gen Generation, step uint6
 		orthogonalize(p, m.rows, m.rank)
 		q := ps.q[m.q : m.q+m.cols*m.rank]
 		clear(q)
-		mat := x[m.off-off : m.off-off+m.rows*m.cols]
+		mat := keep[m.off-off : m.off-off+m.rows*m.cols]
 		for row := range m.rows {
 			mr := mat[row*m.cols : (row+1)*m.cols]
 			for c := range m.rank {
@@ -309,21 +307,34 @@ func (r *Reducer) reducePowerSGD(ctx context.Context, gen Generation, step uint6
 	if err := r.reduceRing(ctx, gen, step, id+1, ps.q[b.q.lo:b.q.hi], nil, nil); err != nil {
 		return err
 	}
-	// 5. M = P̂·Qᵀ; residual = copy − result/W.
+	// 5. M = P̂·Qᵀ; residual = copy − result/W, a row at a time while it
+	// is in the cache. (·(1/W) rounds as /W for the powers of two, and
+	// within an ulp of it otherwise.)
+	inv := 1 / W
 	for _, m := range b.mats {
 		p := buf[b.nPlain+m.p : b.nPlain+m.p+m.rows*m.rank]
 		q := ps.q[m.q : m.q+m.cols*m.rank]
 		mat := x[m.off-off : m.off-off+m.rows*m.cols]
+		kept := keep[m.off-off : m.off-off+m.rows*m.cols]
 		for row := range m.rows {
 			mr := mat[row*m.cols : (row+1)*m.cols]
 			clear(mr)
 			for c := range m.rank {
 				blas.Saxpy(m.cols, p[c*m.rows+row], q[c*m.cols:(c+1)*m.cols], 1, mr, 1)
 			}
+			subScaled(kept[row*m.cols:(row+1)*m.cols], mr, inv)
 		}
 	}
-	for j, v := range x {
-		keep[j] -= v / W
+	for _, s := range b.plain {
+		subScaled(keep[s.lo-off:s.hi-off], x[s.lo-off:s.hi-off], inv)
 	}
 	return nil
+}
+
+// subScaled sets dst[i] -= v[i]·s.
+func subScaled(dst, v []float32, s float32) {
+	dst = dst[:len(v)]
+	for i, x := range v {
+		dst[i] -= x * s
+	}
 }
