@@ -144,7 +144,7 @@ func BenchmarkTCPRing(b *testing.B) {
 
 // BenchmarkPowerSGD is PowerSGD's own work on one member (a ring of one
 // sends nothing): rank 4 on the matrices of two transformer blocks of
-// d 512 (four 512 × 512, two 512 × 2048 each), 4.2 M elements.
+// d 512 (four 512 × 512, two 512 × 2048 each), 6.3 M elements.
 func BenchmarkPowerSGD(b *testing.B) {
 	var ts []Tensor
 	n := 0

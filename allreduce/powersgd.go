@@ -13,7 +13,8 @@ import (
 // runs it, per bucket:
 //
 //  1. Add the error-feedback residual of the last step to the gradient and
-//     keep a copy of the result.
+//     keep a copy of the result (here: the sum goes to the residual's second
+//     buffer, which steps 2–4 read as M, and the gradient gets the result).
 //  2. Each matrix-shaped tensor M (rows × cols, a tensor of more dimensions
 //     seen as its first dimension × the rest) is compressed at rank
 //     k = min(rows, cols, r) when (rows+cols)·k·2 < rows·cols (the hook's
@@ -307,7 +308,7 @@ func (r *Reducer) reducePowerSGD(ctx context.Context, gen Generation, step uint6
 	if err := r.reduceRing(ctx, gen, step, id+1, ps.q[b.q.lo:b.q.hi], nil, nil); err != nil {
 		return err
 	}
-	// 5. M = P̂·Qᵀ; residual = copy − result/W, a row at a time while it
+	// 5. M = P̂·Qᵀ; residual = keep − result/W, a row at a time while it
 	// is in the cache. (·(1/W) rounds as /W for the powers of two, and
 	// within an ulp of it otherwise.)
 	inv := 1 / W

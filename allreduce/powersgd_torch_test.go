@@ -61,6 +61,11 @@ func TestPowerSGDMatchesTorch(t *testing.T) {
 		}
 		n += size
 	}
+	for _, q0 := range f.Q0 {
+		if len(q0.Shape) != 3 || q0.Shape[0] != 1 || len(q0.Values) != q0.Shape[1]*q0.Shape[2] {
+			t.Fatalf("powersgd_torch.json: a first Q of shape %v with %d values, want 1 × cols × rank", q0.Shape, len(q0.Values))
+		}
+	}
 	cfg := Config{Codec: CodecPowerSGD, Tensors: ts, PowerSGDRank: f.Rank, PowerSGDStart: f.Start, Seed: 1}
 	c := newInmemCluster(t, f.World, n, cfg)
 	// Start every member from the hook's first Q: Q (cols × k, row-major
@@ -83,6 +88,8 @@ func TestPowerSGDMatchesTorch(t *testing.T) {
 				}
 			}
 		}
+		// Matched by shape: the fixture's compressed tensors all differ in
+		// width, and a Q that matched two tensors would be counted twice.
 		if found != len(f.Q0) {
 			t.Fatalf("the hook compressed %d tensors, the Reducer matched %d of them by shape", len(f.Q0), found)
 		}

@@ -156,7 +156,7 @@ type Reducer struct {
 	chunk   int // elements per message
 	buckets []span
 
-	resid, next []float32 // int8 error feedback: committed and in progress
+	resid, next []float32 // int8 and powersgd error feedback: committed and in progress
 	sendPool    Pool
 	pending     *Frame   // a message for a newer generation, kept for it
 	prefix      []int    // receive events before each hop
@@ -270,7 +270,8 @@ func (r *Reducer) Stats() Stats {
 	return Stats{SentBytes: r.sent.Load(), RecvBytes: r.recv.Load(), Messages: r.msgs.Load(), Stale: r.stale.Load()}
 }
 
-// Residual returns the error-feedback residual (int8 only; nil otherwise):
+// Residual returns the error-feedback residual (int8 and powersgd; nil
+// otherwise):
 // what this member could not send at the last step, added to its gradient at
 // the next. It is training state: checkpoints save it. Call it between
 // steps and copy the result: the slice is only valid until the next step.

@@ -213,6 +213,10 @@ func (n *Node) build(ctx context.Context) error {
 	arc.PowerSGDRank, arc.Seed = o.PowerSGDRank, n.cfg.Seed
 	arc.PowerSGDStart = allreduce.PowerSGDStartFor(o.PowerSGDStart, n.cfg.Steps, n.cfg.Warmup)
 	arc.Tensors = train.PowerSGDTensors(tr.Model.Tensors, o.PowerSGDEmbeddings)
+	if o.Codec == allreduce.CodecPowerSGD && !o.PowerSGDEmbeddings {
+		n.log.Info("powersgd sums the embedding and the head uncompressed (--powersgd-embeddings compresses them)",
+			"share_of_gradient", fmt.Sprintf("%.1f%%", 100*train.UncompressedShare(tr.Model.Tensors)))
+	}
 	if n.grad, err = allreduce.New(n.gradT, np, arc); err != nil {
 		return err
 	}

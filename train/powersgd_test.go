@@ -97,3 +97,24 @@ func TestPowerSGDTensors(t *testing.T) {
 		}
 	}
 }
+
+// TestUncompressedShare: the embedding and the head are a small share of the
+// demo model's gradient with the byte vocabulary, and most of it with a
+// tokenizer's.
+func TestUncompressedShare(t *testing.T) {
+	for _, c := range []struct {
+		vocab  int
+		lo, hi float64
+		shape  string
+	}{{260, 0.07, 0.09, "demo, bytes"}, {32768, 0.9, 0.92, "demo, 32k tokens"}} {
+		ts := model.Layout(model.Default(c.vocab, 4, 128, 4, 128))
+		total := 0
+		for _, tn := range ts {
+			total += tn.Size
+		}
+		got, want := UncompressedShare(ts), float64(2*c.vocab*128)/float64(total)
+		if got != want || got < c.lo || got > c.hi {
+			t.Errorf("%s: share %.4f, want 2·vocab·d / all = %.4f, in [%.2f, %.2f]", c.shape, got, want, c.lo, c.hi)
+		}
+	}
+}

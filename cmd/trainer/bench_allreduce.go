@@ -52,6 +52,7 @@ type arBenchFlags struct {
 	// A model's gradient instead of --sizes (layers > 0), and PowerSGD's rank.
 	vocab, layers, dim, heads int
 	psgdRank                  int
+	psgdEmb                   bool
 }
 
 func init() {
@@ -89,6 +90,7 @@ the wire per member per step.`,
 	fl.IntVar(&f.heads, "heads", 8, "with --layers: attention heads")
 	fl.IntVar(&f.vocab, "vocab", 260, "with --layers: vocabulary size")
 	fl.IntVar(&f.psgdRank, "powersgd-rank", 4, "rank of codec powersgd (with --sizes it sees a buffer as 1024x1024 matrices)")
+	fl.BoolVar(&f.psgdEmb, "powersgd-embeddings", false, "with --layers: powersgd compresses the embedding and the head too (as train's flag)")
 	benchCmd.AddCommand(cmd)
 
 	worker := &cobra.Command{
@@ -443,7 +445,7 @@ func arSizes(f arBenchFlags) ([]arSize, error) {
 	}
 	s := arSize{label: fmt.Sprintf("L%d-d%d", f.layers, f.dim)}
 	ts := model.Layout(c)
-	s.tensors = train.PowerSGDTensors(ts, false) // as `trainer train` compresses it
+	s.tensors = train.PowerSGDTensors(ts, f.psgdEmb) // as `trainer train` compresses it
 	s.elems = ts[len(ts)-1].Offset + ts[len(ts)-1].Size
 	s.label = fmt.Sprintf("%s=%.1f", s.label, s.bytes()/(1<<20))
 	return []arSize{s}, nil
