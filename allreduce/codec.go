@@ -325,6 +325,14 @@ func exactInt8(n, plen int) error {
 // receivers see NaN rather than a silently wrong number.
 type int8Codec struct{}
 
+// part returns v[lo:hi], or nil for a nil v (an optional output or addend).
+func part(v []float32, lo, hi int) []float32 {
+	if v == nil {
+		return nil
+	}
+	return v[lo:hi]
+}
+
 // int8Span is how many elements encode adds a residual to at a time (on
 // the stack): a multiple of the block, so that the kernel runs whole blocks.
 const int8Span = 16 * Int8Block
@@ -342,10 +350,8 @@ func (int8Codec) encode(dst []byte, src, add, res []float32, round bool) []byte 
 			v = y[:n]
 			add2(v, blk, add[lo:lo+n])
 		}
-		var e, out []float32
-		if res != nil {
-			e = res[lo : lo+n]
-		}
+		e := part(res, lo, lo+n)
+		var out []float32
 		if round {
 			out = blk
 		}
@@ -355,14 +361,7 @@ func (int8Codec) encode(dst []byte, src, add, res []float32, round bool) []byte 
 		p = p[int8Size(k):]
 		if k < n {
 			m := min(Int8Block, n-k)
-			var ee, oo []float32
-			if e != nil {
-				ee = e[k : k+m]
-			}
-			if out != nil {
-				oo = out[k : k+m]
-			}
-			int8Block(p, v[k:k+m], ee, oo)
+			int8Block(p, v[k:k+m], part(e, k, k+m), part(out, k, k+m))
 			p = p[4+m:]
 			k += m
 		}
@@ -403,14 +402,7 @@ func int8Block(p []byte, v, res, out []float32) {
 		return
 	}
 	k := quantFast(q, v, res, out, inv, scale)
-	var r, o []float32
-	if res != nil {
-		r = res[k:]
-	}
-	if out != nil {
-		o = out[k:]
-	}
-	quantGo(q[k:], v[k:], r, o, inv, scale)
+	quantGo(q[k:], v[k:], part(res, k, len(v)), part(out, k, len(v)), inv, scale)
 }
 
 // absMaxGo is the largest of v's values' bits with the sign cleared.
@@ -460,10 +452,7 @@ func (int8Codec) accumulate(dst []float32, p []byte, add []float32) error {
 		return fmt.Errorf("int8: %d bytes for %d elements", len(p), len(dst))
 	}
 	k := deqBlocks(dst, p, add, true)
-	dst, p = dst[k:], p[int8Size(k):]
-	if add != nil {
-		add = add[k:]
-	}
+	dst, p, add = dst[k:], p[int8Size(k):], part(add, k, len(add))
 	for lo := 0; lo < len(dst); lo += Int8Block {
 		blk := dst[lo:min(lo+Int8Block, len(dst))]
 		scale := math.Float32frombits(binary.LittleEndian.Uint32(p))

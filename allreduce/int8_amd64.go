@@ -39,14 +39,7 @@ func quantFast(q []byte, v, res, out []float32, inv, scale float32) int {
 	if k == 0 {
 		return 0
 	}
-	var r, o []float32
-	if res != nil {
-		r = res[:k]
-	}
-	if out != nil {
-		o = out[:k]
-	}
-	quantAVX2(q[:k], v[:k], r, o, inv, scale)
+	quantAVX2(q[:k], v[:k], part(res, 0, k), part(out, 0, k), inv, scale)
 	return k
 }
 
@@ -63,11 +56,7 @@ func deqFast(dst []float32, q []byte, add []float32, scale float32, acc bool) in
 	if !haveAVX2 || k == 0 {
 		return 0
 	}
-	var a []float32
-	if add != nil {
-		a = add[:k]
-	}
-	deqAVX2(dst[:k], q[:k], a, scale, acc)
+	deqAVX2(dst[:k], q[:k], part(add, 0, k), scale, acc)
 	return k
 }
 
@@ -109,14 +98,7 @@ func int8Blocks(p []byte, v, res, out []float32) int {
 	if !haveAVX2 || k == 0 {
 		return 0
 	}
-	var r, o []float32
-	if res != nil {
-		r = res[:k]
-	}
-	if out != nil {
-		o = out[:k]
-	}
-	return quantBlocksAVX2(p[:int8Size(k)], v[:k], r, o, Int8Block)
+	return quantBlocksAVX2(p[:int8Size(k)], v[:k], part(res, 0, k), part(out, 0, k), Int8Block)
 }
 
 // deqBlocks decodes the whole blocks of dst from p (see deqFast for acc and
@@ -126,11 +108,7 @@ func deqBlocks(dst []float32, p []byte, add []float32, acc bool) int {
 	if !haveAVX2 || k == 0 {
 		return 0
 	}
-	var a []float32
-	if add != nil {
-		a = add[:k]
-	}
-	deqBlocksAVX2(dst[:k], p[:int8Size(k)], a, Int8Block, acc)
+	deqBlocksAVX2(dst[:k], p[:int8Size(k)], part(add, 0, k), Int8Block, acc)
 	return k
 }
 

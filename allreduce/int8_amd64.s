@@ -1,7 +1,7 @@
 #include "textflag.h"
 
-// AVX2 kernels of the int8 codec (int8_amd64.go). Both take a length that
-// is a multiple of 32; the Go code does the rest.
+// AVX2 kernels of the int8 codec (int8_amd64.go), on lengths of a
+// multiple of 16 or 32 elements; the Go code does the rest.
 
 // VPERMD indices that undo the lane interleaving of VPACKSSDW+VPACKSSWB.
 DATA permIdx<>+0(SB)/4, $0
@@ -13,6 +13,165 @@ DATA permIdx<>+20(SB)/4, $6
 DATA permIdx<>+24(SB)/4, $3
 DATA permIdx<>+28(SB)/4, $7
 GLOBL permIdx<>(SB), RODATA|NOPTR, $32
+
+// The loops that the one-block and the whole-block kernels share, as
+// macros: each expands inside one TEXT, whose labels are its own.
+
+// QUANT_CONSTS loads the quantisation constants: Y13 = 1.5·2^23 (adding
+// it rounds to an integer, ties to even), Y12 its mantissa mask, Y11 the
+// offset that makes the masked bits a signed integer, Y10 permIdx.
+#define QUANT_CONSTS \
+	MOVL $0x4b400000, AX \
+	MOVL AX, X13 \
+	VPBROADCASTD X13, Y13 \
+	MOVL $0x007fffff, AX \
+	MOVL AX, X12 \
+	VPBROADCASTD X12, Y12 \
+	MOVL $0x00400000, AX \
+	MOVL AX, X11 \
+	VPBROADCASTD X11, Y11 \
+	VMOVDQU permIdx<>(SB), Y10
+
+// ABSMAX_LOOP folds CX groups of 32 values at ptr (advanced past them),
+// their sign bits cleared by mask, into the maxima Y0–Y3.
+#define ABSMAX_LOOP(ptr, mask) \
+maxloop: \
+	VPAND   (ptr), mask, Y4 \
+	VPAND   32(ptr), mask, Y5 \
+	VPAND   64(ptr), mask, Y6 \
+	VPAND   96(ptr), mask, Y7 \
+	VPMAXUD Y4, Y0, Y0 \
+	VPMAXUD Y5, Y1, Y1 \
+	VPMAXUD Y6, Y2, Y2 \
+	VPMAXUD Y7, Y3, Y3 \
+	ADDQ    $128, ptr \
+	DECQ    CX \
+	JNZ     maxloop
+
+// MAX_REDUCE reduces the maxima Y0–Y3 to one, in AX.
+#define MAX_REDUCE \
+	VPMAXUD      Y1, Y0, Y0 \
+	VPMAXUD      Y3, Y2, Y2 \
+	VPMAXUD      Y2, Y0, Y0 \
+	VEXTRACTI128 $1, Y0, X1 \
+	VPMAXUD      X1, X0, X0 \
+	VPSHUFD      $0x4e, X0, X1 \
+	VPMAXUD      X1, X0, X0 \
+	VPSHUFD      $0xb1, X0, X1 \
+	VPMAXUD      X1, X0, X0 \
+	MOVL         X0, AX
+
+// QUANT_LOOP quantises CX groups of 32 values at SI into DI with inv Y15
+// and scale Y14 (ties to even), writing v − q·scale to R8 and q·scale to R9
+// where they are not nil, and advances all four pointers.
+#define QUANT_LOOP \
+loop: \
+	VMOVUPS (SI), Y0 \
+	VMOVUPS 32(SI), Y1 \
+	VMOVUPS 64(SI), Y2 \
+	VMOVUPS 96(SI), Y3 \
+	VMULPS  Y15, Y0, Y4 \
+	VMULPS  Y15, Y1, Y5 \
+	VMULPS  Y15, Y2, Y6 \
+	VMULPS  Y15, Y3, Y7 \
+	VADDPS  Y13, Y4, Y4 \
+	VADDPS  Y13, Y5, Y5 \
+	VADDPS  Y13, Y6, Y6 \
+	VADDPS  Y13, Y7, Y7 \
+	VPAND   Y12, Y4, Y4 \
+	VPAND   Y12, Y5, Y5 \
+	VPAND   Y12, Y6, Y6 \
+	VPAND   Y12, Y7, Y7 \
+	VPSUBD  Y11, Y4, Y4 \
+	VPSUBD  Y11, Y5, Y5 \
+	VPSUBD  Y11, Y6, Y6 \
+	VPSUBD  Y11, Y7, Y7 \
+	TESTQ   R8, R8 \
+	JNZ     decoded \
+	TESTQ   R9, R9 \
+	JZ      pack \
+ \
+decoded: \
+	VCVTDQ2PS Y4, Y8 \
+	VCVTDQ2PS Y5, Y9 \
+	VMULPS    Y14, Y8, Y8 \
+	VMULPS    Y14, Y9, Y9 \
+	TESTQ     R9, R9 \
+	JZ        res01 \
+	VMOVUPS   Y8, (R9) \
+	VMOVUPS   Y9, 32(R9) \
+ \
+res01: \
+	TESTQ   R8, R8 \
+	JZ      next23 \
+	VSUBPS  Y8, Y0, Y8 \
+	VSUBPS  Y9, Y1, Y9 \
+	VMOVUPS Y8, (R8) \
+	VMOVUPS Y9, 32(R8) \
+ \
+next23: \
+	VCVTDQ2PS Y6, Y8 \
+	VCVTDQ2PS Y7, Y9 \
+	VMULPS    Y14, Y8, Y8 \
+	VMULPS    Y14, Y9, Y9 \
+	TESTQ     R9, R9 \
+	JZ        res23 \
+	VMOVUPS   Y8, 64(R9) \
+	VMOVUPS   Y9, 96(R9) \
+	ADDQ      $128, R9 \
+ \
+res23: \
+	TESTQ   R8, R8 \
+	JZ      pack \
+	VSUBPS  Y8, Y2, Y8 \
+	VSUBPS  Y9, Y3, Y9 \
+	VMOVUPS Y8, 64(R8) \
+	VMOVUPS Y9, 96(R8) \
+	ADDQ    $128, R8 \
+ \
+pack: \
+	VPACKSSDW Y5, Y4, Y4 \
+	VPACKSSDW Y7, Y6, Y6 \
+	VPACKSSWB Y6, Y4, Y4 \
+	VPERMD    Y4, Y10, Y4 \
+	VMOVDQU   Y4, (DI) \
+	ADDQ      $128, SI \
+	ADDQ      $32, DI \
+	DECQ      CX \
+	JNZ       loop
+
+// DEQ_LOOP decodes CX groups of 16 int8 values at SI into DI with scale
+// Y14: dst = q·scale, or with DX set dst += (add at R8 if not nil) +
+// q·scale; it advances SI, DI and R8.
+#define DEQ_LOOP \
+dloop: \
+	VPMOVSXBD (SI), Y0 \
+	VPMOVSXBD 8(SI), Y1 \
+	VCVTDQ2PS Y0, Y0 \
+	VCVTDQ2PS Y1, Y1 \
+	VMULPS    Y14, Y0, Y0 \
+	VMULPS    Y14, Y1, Y1 \
+	TESTQ     DX, DX \
+	JZ        dstore \
+	VMOVUPS   (DI), Y2 \
+	VMOVUPS   32(DI), Y3 \
+	TESTQ     R8, R8 \
+	JZ        dsum \
+	VADDPS    (R8), Y2, Y2 \
+	VADDPS    32(R8), Y3, Y3 \
+	ADDQ      $64, R8 \
+ \
+dsum: \
+	VADDPS Y0, Y2, Y0 \
+	VADDPS Y1, Y3, Y1 \
+ \
+dstore: \
+	VMOVUPS Y0, (DI) \
+	VMOVUPS Y1, 32(DI) \
+	ADDQ    $64, DI \
+	ADDQ    $16, SI \
+	DECQ    CX \
+	JNZ     dloop
 
 // func absMaxAVX2(v []float32) uint32
 TEXT ·absMaxAVX2(SB), NOSPLIT, $0-28
@@ -29,30 +188,10 @@ TEXT ·absMaxAVX2(SB), NOSPLIT, $0-28
 	TESTQ CX, CX
 	JZ    reduce
 
-loop:
-	VPAND   (SI), Y12, Y4
-	VPAND   32(SI), Y12, Y5
-	VPAND   64(SI), Y12, Y6
-	VPAND   96(SI), Y12, Y7
-	VPMAXUD Y4, Y0, Y0
-	VPMAXUD Y5, Y1, Y1
-	VPMAXUD Y6, Y2, Y2
-	VPMAXUD Y7, Y3, Y3
-	ADDQ    $128, SI
-	DECQ    CX
-	JNZ     loop
+	ABSMAX_LOOP(SI, Y12)
 
 reduce:
-	VPMAXUD     Y1, Y0, Y0
-	VPMAXUD     Y3, Y2, Y2
-	VPMAXUD     Y2, Y0, Y0
-	VEXTRACTI128 $1, Y0, X1
-	VPMAXUD     X1, X0, X0
-	VPSHUFD     $0x4e, X0, X1
-	VPMAXUD     X1, X0, X0
-	VPSHUFD     $0xb1, X0, X1
-	VPMAXUD     X1, X0, X0
-	MOVL        X0, AX
+	MAX_REDUCE
 	MOVL        AX, ret+24(FP)
 	VZEROUPPER
 	RET
@@ -68,94 +207,12 @@ TEXT ·quantAVX2(SB), NOSPLIT, $0-104
 	MOVQ out_base+72(FP), R9
 	VBROADCASTSS inv+96(FP), Y15
 	VBROADCASTSS scale+100(FP), Y14
-	MOVL $0x4b400000, AX // 12582912.0
-	MOVL AX, X13
-	VPBROADCASTD X13, Y13
-	MOVL $0x007fffff, AX
-	MOVL AX, X12
-	VPBROADCASTD X12, Y12
-	MOVL $0x00400000, AX
-	MOVL AX, X11
-	VPBROADCASTD X11, Y11
-	VMOVDQU permIdx<>(SB), Y10
+	QUANT_CONSTS
 	SHRQ $5, CX
 	TESTQ CX, CX
 	JZ    done
 
-loop:
-	VMOVUPS (SI), Y0
-	VMOVUPS 32(SI), Y1
-	VMOVUPS 64(SI), Y2
-	VMOVUPS 96(SI), Y3
-	VMULPS  Y15, Y0, Y4
-	VMULPS  Y15, Y1, Y5
-	VMULPS  Y15, Y2, Y6
-	VMULPS  Y15, Y3, Y7
-	VADDPS  Y13, Y4, Y4
-	VADDPS  Y13, Y5, Y5
-	VADDPS  Y13, Y6, Y6
-	VADDPS  Y13, Y7, Y7
-	VPAND   Y12, Y4, Y4
-	VPAND   Y12, Y5, Y5
-	VPAND   Y12, Y6, Y6
-	VPAND   Y12, Y7, Y7
-	VPSUBD  Y11, Y4, Y4
-	VPSUBD  Y11, Y5, Y5
-	VPSUBD  Y11, Y6, Y6
-	VPSUBD  Y11, Y7, Y7
-	TESTQ   R8, R8
-	JNZ     decoded
-	TESTQ   R9, R9
-	JZ      pack
-
-decoded:
-	VCVTDQ2PS Y4, Y8
-	VCVTDQ2PS Y5, Y9
-	VMULPS    Y14, Y8, Y8
-	VMULPS    Y14, Y9, Y9
-	TESTQ     R9, R9
-	JZ        res01
-	VMOVUPS   Y8, (R9)
-	VMOVUPS   Y9, 32(R9)
-
-res01:
-	TESTQ   R8, R8
-	JZ      next23
-	VSUBPS  Y8, Y0, Y8
-	VSUBPS  Y9, Y1, Y9
-	VMOVUPS Y8, (R8)
-	VMOVUPS Y9, 32(R8)
-
-next23:
-	VCVTDQ2PS Y6, Y8
-	VCVTDQ2PS Y7, Y9
-	VMULPS    Y14, Y8, Y8
-	VMULPS    Y14, Y9, Y9
-	TESTQ     R9, R9
-	JZ        res23
-	VMOVUPS   Y8, 64(R9)
-	VMOVUPS   Y9, 96(R9)
-	ADDQ      $128, R9
-
-res23:
-	TESTQ   R8, R8
-	JZ      pack
-	VSUBPS  Y8, Y2, Y8
-	VSUBPS  Y9, Y3, Y9
-	VMOVUPS Y8, 64(R8)
-	VMOVUPS Y9, 96(R8)
-	ADDQ    $128, R8
-
-pack:
-	VPACKSSDW Y5, Y4, Y4
-	VPACKSSDW Y7, Y6, Y6
-	VPACKSSWB Y6, Y4, Y4
-	VPERMD    Y4, Y10, Y4
-	VMOVDQU   Y4, (DI)
-	ADDQ      $128, SI
-	ADDQ      $32, DI
-	DECQ      CX
-	JNZ       loop
+	QUANT_LOOP
 
 done:
 	VZEROUPPER
@@ -175,34 +232,7 @@ TEXT ·deqAVX2(SB), NOSPLIT, $0-77
 	TESTQ CX, CX
 	JZ    ddone
 
-dloop:
-	VPMOVSXBD (SI), Y0
-	VPMOVSXBD 8(SI), Y1
-	VCVTDQ2PS Y0, Y0
-	VCVTDQ2PS Y1, Y1
-	VMULPS    Y14, Y0, Y0
-	VMULPS    Y14, Y1, Y1
-	TESTQ     DX, DX
-	JZ        dstore
-	VMOVUPS   (DI), Y2
-	VMOVUPS   32(DI), Y3
-	TESTQ     R8, R8
-	JZ        dsum
-	VADDPS    (R8), Y2, Y2
-	VADDPS    32(R8), Y3, Y3
-	ADDQ      $64, R8
-
-dsum:
-	VADDPS Y0, Y2, Y0
-	VADDPS Y1, Y3, Y1
-
-dstore:
-	VMOVUPS Y0, (DI)
-	VMOVUPS Y1, 32(DI)
-	ADDQ    $64, DI
-	ADDQ    $16, SI
-	DECQ    CX
-	JNZ     dloop
+	DEQ_LOOP
 
 ddone:
 	VZEROUPPER
@@ -250,16 +280,7 @@ TEXT ·quantBlocksAVX2(SB), NOSPLIT, $0-112
 	MOVQ out_base+72(FP), R9
 	MOVQ block+96(FP), R10
 	XORQ R11, R11
-	MOVL $0x4b400000, AX // 12582912.0
-	MOVL AX, X13
-	VPBROADCASTD X13, Y13
-	MOVL $0x007fffff, AX
-	MOVL AX, X12
-	VPBROADCASTD X12, Y12
-	MOVL $0x00400000, AX
-	MOVL AX, X11
-	VPBROADCASTD X11, Y11
-	VMOVDQU permIdx<>(SB), Y10
+	QUANT_CONSTS
 
 bloop:
 	CMPQ BX, R10
@@ -276,28 +297,8 @@ bloop:
 	SHRQ  $5, CX
 	MOVQ  SI, DX
 
-bmax:
-	VPAND   (DX), Y8, Y4
-	VPAND   32(DX), Y8, Y5
-	VPAND   64(DX), Y8, Y6
-	VPAND   96(DX), Y8, Y7
-	VPMAXUD Y4, Y0, Y0
-	VPMAXUD Y5, Y1, Y1
-	VPMAXUD Y6, Y2, Y2
-	VPMAXUD Y7, Y3, Y3
-	ADDQ    $128, DX
-	DECQ    CX
-	JNZ     bmax
-	VPMAXUD      Y1, Y0, Y0
-	VPMAXUD      Y3, Y2, Y2
-	VPMAXUD      Y2, Y0, Y0
-	VEXTRACTI128 $1, Y0, X1
-	VPMAXUD      X1, X0, X0
-	VPSHUFD      $0x4e, X0, X1
-	VPMAXUD      X1, X0, X0
-	VPSHUFD      $0xb1, X0, X1
-	VPMAXUD      X1, X0, X0
-	MOVL         X0, AX
+	ABSMAX_LOOP(DX, Y8)
+	MAX_REDUCE
 
 	// scale = max/127 and inv = 127/max; a NaN scale and inv 0 for a
 	// block with a NaN or an infinity; 0 and 0 for a zero block.
@@ -334,80 +335,7 @@ bquant:
 	MOVQ         R10, CX
 	SHRQ         $5, CX
 
-qloop:
-	VMOVUPS (SI), Y0
-	VMOVUPS 32(SI), Y1
-	VMOVUPS 64(SI), Y2
-	VMOVUPS 96(SI), Y3
-	VMULPS  Y15, Y0, Y4
-	VMULPS  Y15, Y1, Y5
-	VMULPS  Y15, Y2, Y6
-	VMULPS  Y15, Y3, Y7
-	VADDPS  Y13, Y4, Y4
-	VADDPS  Y13, Y5, Y5
-	VADDPS  Y13, Y6, Y6
-	VADDPS  Y13, Y7, Y7
-	VPAND   Y12, Y4, Y4
-	VPAND   Y12, Y5, Y5
-	VPAND   Y12, Y6, Y6
-	VPAND   Y12, Y7, Y7
-	VPSUBD  Y11, Y4, Y4
-	VPSUBD  Y11, Y5, Y5
-	VPSUBD  Y11, Y6, Y6
-	VPSUBD  Y11, Y7, Y7
-	TESTQ   R8, R8
-	JNZ     qdecoded
-	TESTQ   R9, R9
-	JZ      qpack
-
-qdecoded:
-	VCVTDQ2PS Y4, Y8
-	VCVTDQ2PS Y5, Y9
-	VMULPS    Y14, Y8, Y8
-	VMULPS    Y14, Y9, Y9
-	TESTQ     R9, R9
-	JZ        qres01
-	VMOVUPS   Y8, (R9)
-	VMOVUPS   Y9, 32(R9)
-
-qres01:
-	TESTQ   R8, R8
-	JZ      qnext23
-	VSUBPS  Y8, Y0, Y8
-	VSUBPS  Y9, Y1, Y9
-	VMOVUPS Y8, (R8)
-	VMOVUPS Y9, 32(R8)
-
-qnext23:
-	VCVTDQ2PS Y6, Y8
-	VCVTDQ2PS Y7, Y9
-	VMULPS    Y14, Y8, Y8
-	VMULPS    Y14, Y9, Y9
-	TESTQ     R9, R9
-	JZ        qres23
-	VMOVUPS   Y8, 64(R9)
-	VMOVUPS   Y9, 96(R9)
-	ADDQ      $128, R9
-
-qres23:
-	TESTQ   R8, R8
-	JZ      qpack
-	VSUBPS  Y8, Y2, Y8
-	VSUBPS  Y9, Y3, Y9
-	VMOVUPS Y8, 64(R8)
-	VMOVUPS Y9, 96(R8)
-	ADDQ    $128, R8
-
-qpack:
-	VPACKSSDW Y5, Y4, Y4
-	VPACKSSDW Y7, Y6, Y6
-	VPACKSSWB Y6, Y4, Y4
-	VPERMD    Y4, Y10, Y4
-	VMOVDQU   Y4, (DI)
-	ADDQ      $128, SI
-	ADDQ      $32, DI
-	DECQ      CX
-	JNZ       qloop
+	QUANT_LOOP
 
 	SUBQ R10, BX
 	ADDQ R10, R11
@@ -437,34 +365,7 @@ eloop:
 	MOVQ         R10, CX
 	SHRQ         $4, CX
 
-edloop:
-	VPMOVSXBD (SI), Y0
-	VPMOVSXBD 8(SI), Y1
-	VCVTDQ2PS Y0, Y0
-	VCVTDQ2PS Y1, Y1
-	VMULPS    Y14, Y0, Y0
-	VMULPS    Y14, Y1, Y1
-	TESTQ     DX, DX
-	JZ        edstore
-	VMOVUPS   (DI), Y2
-	VMOVUPS   32(DI), Y3
-	TESTQ     R8, R8
-	JZ        edsum
-	VADDPS    (R8), Y2, Y2
-	VADDPS    32(R8), Y3, Y3
-	ADDQ      $64, R8
-
-edsum:
-	VADDPS Y0, Y2, Y0
-	VADDPS Y1, Y3, Y1
-
-edstore:
-	VMOVUPS Y0, (DI)
-	VMOVUPS Y1, 32(DI)
-	ADDQ    $64, DI
-	ADDQ    $16, SI
-	DECQ    CX
-	JNZ     edloop
+	DEQ_LOOP
 
 	SUBQ R10, BX
 	JMP  eloop

@@ -27,7 +27,7 @@ import (
 func PowerSGDTensors(ts []model.Tensor, embeddings bool) []allreduce.Tensor {
 	var out []allreduce.Tensor
 	for _, t := range ts {
-		if !embeddings && optim.GroupOf(t.Name, len(t.Shape)) == optim.EmbUnemb {
+		if !embeddings && isEmbedding(t) {
 			continue
 		}
 		out = append(out, allreduce.Tensor{Off: t.Offset, Rows: t.Shape[0], Cols: t.Size / t.Shape[0]})
@@ -41,7 +41,7 @@ func UncompressedShare(ts []model.Tensor) float64 {
 	total, out := 0, 0
 	for _, t := range ts {
 		total += t.Size
-		if optim.GroupOf(t.Name, len(t.Shape)) == optim.EmbUnemb {
+		if isEmbedding(t) {
 			out += t.Size
 		}
 	}
@@ -49,4 +49,9 @@ func UncompressedShare(ts []model.Tensor) float64 {
 		return 0
 	}
 	return float64(out) / float64(total)
+}
+
+// isEmbedding reports whether t is the embedding or the head.
+func isEmbedding(t model.Tensor) bool {
+	return optim.GroupOf(t.Name, len(t.Shape)) == optim.EmbUnemb
 }
